@@ -1,0 +1,1 @@
+"""diffusers DiffusionPipeline objects that sample images from vlgen denoisers."""

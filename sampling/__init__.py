@@ -1,0 +1,1 @@
+"""Samplers as plain functions over one contract, denoise(x, t, **cond)."""

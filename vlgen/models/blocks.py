@@ -1,0 +1,58 @@
+"""adaLN-Zero transformer blocks, composed from an attention and an MLP part, and the final layer.
+
+The VisionLLaMA block (RoPE attention + SwiGLU) and the plain DiT block (attention on
+position-embedded tokens + GELU MLP) are the same block with different parts.
+"""
+from torch import nn
+
+from vlgen.models.attention import Attention
+from vlgen.models.mlp import GeluMLP, SwiGLU, swiglu_hidden_size
+
+
+def modulate(x, shift, scale):
+    """x: (N, T, D); shift, scale: (N, 1, D)."""
+    return x * (1 + scale) + shift
+
+
+class AdaLNZeroBlock(nn.Module):
+    """x + gate * attn(modulate(norm(x))), then x + gate * mlp(modulate(norm(x))), with the six
+    shift/scale/gate vectors from one Linear of the activated conditioning SiLU(t_emb + y_emb)."""
+
+    def __init__(self, dim, attn, mlp, norm_eps=1e-6, mlp_norm_eps=1e-6):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, elementwise_affine=False, eps=norm_eps)
+        self.attn = attn
+        self.norm2 = nn.LayerNorm(dim, elementwise_affine=False, eps=mlp_norm_eps)
+        self.mlp = mlp
+        self.adaln = nn.Linear(dim, 6 * dim)
+
+    def forward(self, x, c_act, rope=None):
+        """x: (N, T, D); c_act: SiLU of the conditioning, (N, D); rope: (cos, sin) or None."""
+        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = self.adaln(c_act).unsqueeze(1).chunk(6, dim=-1)
+        x = x + gate_msa * self.attn(modulate(self.norm1(x), shift_msa, scale_msa), rope)
+        x = x + gate_mlp * self.mlp(modulate(self.norm2(x), shift_mlp, scale_mlp))
+        return x
+
+
+def llama_block(dim, num_heads, norm_eps=1e-6, mlp_norm_eps=1e-6):
+    """VisionLLaMA generation block: RoPE attention (tables passed in forward) and SwiGLU."""
+    return AdaLNZeroBlock(dim, Attention(dim, num_heads), SwiGLU(dim, swiglu_hidden_size(dim)), norm_eps, mlp_norm_eps)
+
+
+def dit_block(dim, num_heads, mlp_ratio=4.0, norm_eps=1e-6, mlp_norm_eps=1e-6):
+    """Plain DiT block: attention without RoPE and a GELU-tanh MLP of width mlp_ratio * dim."""
+    return AdaLNZeroBlock(dim, Attention(dim, num_heads), GeluMLP(dim, int(dim * mlp_ratio)), norm_eps, mlp_norm_eps)
+
+
+class FinalLayer(nn.Module):
+    """adaLN shift/scale of the normalised tokens, then Linear to patch_size**2 * out_channels."""
+
+    def __init__(self, dim, patch_size, out_channels, norm_eps=1e-6):
+        super().__init__()
+        self.norm = nn.LayerNorm(dim, elementwise_affine=False, eps=norm_eps)
+        self.adaln = nn.Linear(dim, 2 * dim)
+        self.linear = nn.Linear(dim, patch_size * patch_size * out_channels)
+
+    def forward(self, x, c_act):
+        shift, scale = self.adaln(c_act).unsqueeze(1).chunk(2, dim=-1)
+        return self.linear(modulate(self.norm(x), shift, scale))

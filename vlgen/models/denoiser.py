@@ -1,0 +1,189 @@
+"""VisionLLaMADenoiser: the DiT-style class-conditional diffusion transformer.
+
+block_type="llama": VisionLLaMA blocks (2D RoPE / AS2DRoPE attention, SwiGLU), no absolute
+position embedding. block_type="dit": the plain DiT baseline (fixed 2D sin-cos position
+embedding, GELU MLP). Both use adaLN-Zero conditioning on timestep + class label.
+"""
+import torch
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.models.modeling_utils import ModelMixin
+from torch import nn
+from torch.nn import functional as F
+
+from vlgen.models.blocks import FinalLayer, dit_block, llama_block
+from vlgen.models.embeddings import LabelEmbedder, TimestepEmbedder, sincos_pos_embed_2d
+from vlgen.models.rope import RotaryEmbedding2D
+
+BLOCK_TYPES = ("llama", "dit")
+
+
+class VisionLLaMADenoiser(ModelMixin, ConfigMixin):
+    """forward(x, t, y) -> prediction.
+
+    x: (N, in_channels, H, W) latents or images, H and W multiples of patch_size; t: (N,) or scalar
+    timesteps (integer DDPM steps or continuous flow times); y: (N,) integer labels in
+    [0, num_classes], where num_classes is the null class (needs class_dropout_prob > 0).
+    Output: (N, out_channels, H, W); out_channels = 2 * in_channels with learn_sigma (the second
+    half are the variance channels), unless discard_sigma keeps only the first half (SiT: the
+    final layer has the reference width, its variance half is never used).
+    """
+
+    _supports_gradient_checkpointing = True
+
+    @register_to_config
+    def __init__(
+        self,
+        sample_size: int = 32,
+        patch_size: int = 2,
+        in_channels: int = 4,
+        hidden_size: int = 1152,
+        depth: int = 28,
+        num_heads: int = 16,
+        block_type: str = "llama",
+        mlp_ratio: float = 4.0,
+        num_classes: int = 1000,
+        class_dropout_prob: float = 0.1,
+        learn_sigma: bool = True,
+        discard_sigma: bool = False,
+        rope_theta: float = 10000.0,
+        rope_auto_scale: bool = True,
+        norm_eps: float = 1e-6,
+        mlp_norm_eps: float | None = None,
+        frequency_embedding_size: int = 256,
+        timestep_freq_shift: int = 0,
+    ):
+        super().__init__()
+        if block_type not in BLOCK_TYPES:
+            raise ValueError(f"block_type must be one of {BLOCK_TYPES}, got {block_type!r}")
+        if sample_size % patch_size:
+            raise ValueError(f"sample_size {sample_size} is not divisible by patch_size {patch_size}")
+        if discard_sigma and not learn_sigma:
+            raise ValueError("discard_sigma=True only makes sense with learn_sigma=True")
+        mlp_norm_eps = norm_eps if mlp_norm_eps is None else mlp_norm_eps
+        self.base_grid = (sample_size // patch_size, sample_size // patch_size)
+
+        self.patch_embed = nn.Conv2d(in_channels, hidden_size, kernel_size=patch_size, stride=patch_size)
+        self.t_embedder = TimestepEmbedder(hidden_size, frequency_embedding_size, timestep_freq_shift)
+        self.y_embedder = LabelEmbedder(num_classes, hidden_size, class_dropout_prob)
+        if block_type == "llama":
+            self.rope = RotaryEmbedding2D(hidden_size // num_heads, self.base_grid, rope_theta, rope_auto_scale)
+            blocks = [llama_block(hidden_size, num_heads, norm_eps, mlp_norm_eps) for _ in range(depth)]
+        else:
+            self.rope = None
+            blocks = [dit_block(hidden_size, num_heads, mlp_ratio, norm_eps, mlp_norm_eps) for _ in range(depth)]
+        self.blocks = nn.ModuleList(blocks)
+        self.final_layer = FinalLayer(hidden_size, patch_size, 2 * in_channels if learn_sigma else in_channels, norm_eps)
+        self._pos_embed_cache = {}
+        self.gradient_checkpointing = False
+        self.initialize_weights()
+
+    @property
+    def out_channels(self):
+        return 2 * self.config.in_channels if self.config.learn_sigma and not self.config.discard_sigma else self.config.in_channels
+
+    @property
+    def null_class_id(self):
+        """Label of the unconditional (null) class, or None when the model has none."""
+        return self.config.num_classes if self.config.class_dropout_prob > 0 else None
+
+    def initialize_weights(self):
+        """The reference initialisation: Xavier-uniform Linears with zero bias, patch embedding
+        like a Linear, N(0, 0.02) label table and timestep MLP, zero adaLN and output layers."""
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.xavier_uniform_(module.weight)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+        nn.init.xavier_uniform_(self.patch_embed.weight.view(self.patch_embed.weight.shape[0], -1))
+        nn.init.zeros_(self.patch_embed.bias)
+        nn.init.normal_(self.y_embedder.table.weight, std=0.02)
+        nn.init.normal_(self.t_embedder.fc1.weight, std=0.02)
+        nn.init.normal_(self.t_embedder.fc2.weight, std=0.02)
+        for layer in [block.adaln for block in self.blocks] + [self.final_layer.adaln, self.final_layer.linear]:
+            nn.init.zeros_(layer.weight)
+            nn.init.zeros_(layer.bias)
+
+    def _check_inputs(self, x, y):
+        cfg = self.config
+        if x.ndim != 4 or x.shape[1] != cfg.in_channels:
+            raise ValueError(
+                f"expected input of shape (N, {cfg.in_channels}, H, W), got {tuple(x.shape)}; "
+                f"this model was built with in_channels={cfg.in_channels}"
+            )
+        if x.shape[-2] % cfg.patch_size or x.shape[-1] % cfg.patch_size:
+            raise ValueError(
+                f"input size {tuple(x.shape[-2:])} is not divisible by patch_size {cfg.patch_size}; "
+                f"crop or pad to a multiple of {cfg.patch_size}"
+            )
+        if y.shape != (x.shape[0],) or y.dtype.is_floating_point or y.dtype == torch.bool:
+            raise ValueError(f"labels must be an integer tensor of shape ({x.shape[0]},), got {y.dtype} {tuple(y.shape)}")
+        # Checking the range needs the values on the host: only done where that costs no device sync.
+        if y.device.type == "cpu" and y.numel():
+            highest = cfg.num_classes if self.null_class_id is not None else cfg.num_classes - 1
+            low, high = int(y.min()), int(y.max())
+            if low < 0 or high > highest:
+                raise ValueError(
+                    f"label out of range [0, {highest}]: got values in [{low}, {high}] "
+                    f"(num_classes={cfg.num_classes}; the null class id is {self.null_class_id})"
+                )
+
+    def _pos_embed(self, grid_h, grid_w, device):
+        key = (grid_h, grid_w, device)
+        if key not in self._pos_embed_cache:
+            table = sincos_pos_embed_2d(self.config.hidden_size, grid_h, grid_w)
+            self._pos_embed_cache[key] = table.to(device)
+        return self._pos_embed_cache[key]
+
+    def unpatchify(self, tokens, grid_h, grid_w):
+        """(N, T, p*p*C) -> (N, C, grid_h*p, grid_w*p)."""
+        p = self.config.patch_size
+        n, channels = tokens.shape[0], tokens.shape[-1] // (p * p)
+        x = tokens.reshape(n, grid_h, grid_w, p, p, channels).permute(0, 5, 1, 3, 2, 4)
+        return x.reshape(n, channels, grid_h * p, grid_w * p)
+
+    def forward(self, x, t, y):
+        self._check_inputs(x, y)
+        n, _, height, width = x.shape
+        grid_h, grid_w = height // self.config.patch_size, width // self.config.patch_size
+        t = torch.as_tensor(t, device=x.device)
+        t = t.expand(n) if t.ndim == 0 else t
+
+        tokens = self.patch_embed(x).flatten(2).transpose(1, 2)  # (N, T, D)
+        rope = None
+        if self.rope is None:
+            tokens = tokens + self._pos_embed(grid_h, grid_w, x.device).to(tokens.dtype)
+        else:
+            rope = self.rope(grid_h, grid_w, x.device)  # (T, head_dim) cos and sin
+        c = self.t_embedder(t) + self.y_embedder(y, drop_labels=self.training)  # (N, D)
+        c_act = F.silu(c)
+        for block in self.blocks:
+            if self.gradient_checkpointing and torch.is_grad_enabled():
+                tokens = self._gradient_checkpointing_func(block, tokens, c_act, rope)
+            else:
+                tokens = block(tokens, c_act, rope)  # (N, T, D)
+        out = self.unpatchify(self.final_layer(tokens, c_act), grid_h, grid_w)  # (N, C_out, H, W)
+        if self.config.discard_sigma:
+            out = out[:, : self.config.in_channels]
+        return out
+
+    def forward_with_cfg(self, x, t, y, guidance_scale, guided_channels=None):
+        """Classifier-free guidance in one batched call: the conditional and unconditional halves
+        run as one batch of 2N; returns (N, out_channels, H, W).
+
+        guided_channels: how many leading output channels are guided; default all prediction
+        channels (in_channels), never the learned-variance channels, which come from the
+        conditional half. DiT's own code guides only the first 3: pass guided_channels=3 to
+        reproduce its numbers.
+        """
+        if self.null_class_id is None:
+            raise ValueError("classifier-free guidance needs a null class: this model has class_dropout_prob=0")
+        guided = self.config.in_channels if guided_channels is None else guided_channels
+        if not 0 < guided <= self.config.in_channels:
+            raise ValueError(f"guided_channels must be in [1, {self.config.in_channels}], got {guided_channels}")
+        t = torch.as_tensor(t, device=x.device)
+        t = t.expand(x.shape[0]) if t.ndim == 0 else t
+        null = torch.full_like(y, self.null_class_id)
+        out = self(torch.cat([x, x]), torch.cat([t, t]), torch.cat([y, null]))
+        cond, uncond = out.chunk(2)
+        mixed = uncond[:, :guided] + guidance_scale * (cond[:, :guided] - uncond[:, :guided])
+        return torch.cat([mixed, cond[:, guided:]], dim=1)

@@ -1,0 +1,44 @@
+"""Named model sizes, as DiT, SiT and VisionLLaMA define them.
+
+Names: DiT-{S,B,L,XL}/{2,4,8} (plain DiT blocks), DiT-LLaMA-* (VisionLLaMA blocks), SiT-* and
+SiT-LLaMA-* (the same networks as used by SiT: the final layer keeps the learned-sigma width of the
+reference, but forward returns only the prediction channels).
+"""
+import difflib
+
+from vlgen.models.denoiser import VisionLLaMADenoiser
+
+SIZES = {
+    "S": dict(hidden_size=384, depth=12, num_heads=6),
+    "B": dict(hidden_size=768, depth=12, num_heads=12),
+    "L": dict(hidden_size=1024, depth=24, num_heads=16),
+    "XL": dict(hidden_size=1152, depth=28, num_heads=16),
+}
+PATCH_SIZES = (2, 4, 8)
+FAMILIES = {
+    "DiT": dict(block_type="dit", learn_sigma=True, discard_sigma=False),
+    "DiT-LLaMA": dict(block_type="llama", learn_sigma=True, discard_sigma=False),
+    "SiT": dict(block_type="dit", learn_sigma=True, discard_sigma=True),
+    "SiT-LLaMA": dict(block_type="llama", learn_sigma=True, discard_sigma=True),
+}
+
+MODEL_CONFIGS = {
+    f"{family}-{size}/{patch}": {**family_cfg, **size_cfg, "patch_size": patch}
+    for family, family_cfg in FAMILIES.items()
+    for size, size_cfg in SIZES.items()
+    for patch in PATCH_SIZES
+}
+
+
+def model_config(name, **overrides):
+    """The constructor arguments of a named model, with overrides (e.g. sample_size, num_classes)."""
+    if name not in MODEL_CONFIGS:
+        close = difflib.get_close_matches(name, MODEL_CONFIGS, n=3)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        raise ValueError(f"unknown model {name!r}{hint} Known: {', '.join(MODEL_CONFIGS)}")
+    return {**MODEL_CONFIGS[name], **overrides}
+
+
+def create_model(name, **overrides):
+    """Build a named denoiser, e.g. create_model("DiT-LLaMA-XL/2", sample_size=32, num_classes=1000)."""
+    return VisionLLaMADenoiser(**model_config(name, **overrides))

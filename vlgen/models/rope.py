@@ -1,0 +1,55 @@
+"""2D rotary position embedding (RoPE) for VisionLLaMA attention, with auto-scaling (AS2DRoPE).
+
+Layout (as in VisionLLaMA): the head dimension is split into adjacent pairs (2i, 2i+1). Pair 2j
+rotates with the token's x (column) index and pair 2j+1 with its y (row) index, both at frequency
+theta ** (-4j / head_dim). Attention logits then depend only on position differences.
+
+AS2DRoPE: a model trained on a (base_h, base_w) token grid that runs on an (h, w) grid scales its
+positions by (base_h / h, base_w / w), so positions always span the range seen in training.
+"""
+import torch
+from torch import nn
+
+
+def rope_2d_angles(head_dim, grid_h, grid_w, theta=10000.0, scale_h=1.0, scale_w=1.0):
+    """Rotation angle of every (token, rotary pair): float64 (grid_h * grid_w, head_dim // 2),
+    tokens in row-major order."""
+    if head_dim % 4:
+        raise ValueError(f"2D RoPE needs a head dimension divisible by 4, got {head_dim}")
+    freqs = theta ** (-torch.arange(0, head_dim, 4, dtype=torch.float64) / head_dim)  # (hd/4,)
+    rows = torch.arange(grid_h, dtype=torch.float64) * scale_h
+    cols = torch.arange(grid_w, dtype=torch.float64) * scale_w
+    y, x = torch.meshgrid(rows, cols, indexing="ij")  # (h, w) each
+    x_angles = x.reshape(-1, 1) * freqs  # (T, hd/4)
+    y_angles = y.reshape(-1, 1) * freqs  # (T, hd/4)
+    return torch.stack([x_angles, y_angles], dim=-1).reshape(grid_h * grid_w, head_dim // 2)
+
+
+def apply_rope(x, cos, sin):
+    """Rotate the pairs (2i, 2i+1) of x (..., T, head_dim) by the angles whose cos/sin are given,
+    each (T, head_dim) with every pair's value repeated twice. Computed in float32 like the reference."""
+    pairs = x.unflatten(-1, (-1, 2))
+    rotated = torch.stack((-pairs[..., 1], pairs[..., 0]), dim=-1).flatten(-2)  # (x0, x1) -> (-x1, x0)
+    return (x * cos + rotated * sin).type_as(x)
+
+
+class RotaryEmbedding2D(nn.Module):
+    """Holds no weights: returns (cos, sin) tables for a token grid, cached per grid and device."""
+
+    def __init__(self, head_dim, base_grid, theta=10000.0, auto_scale=True):
+        super().__init__()
+        self.head_dim = head_dim
+        self.base_grid = tuple(base_grid)
+        self.theta = theta
+        self.auto_scale = auto_scale
+        self._cache = {}
+
+    def forward(self, grid_h, grid_w, device):
+        key = (grid_h, grid_w, torch.device(device))
+        if key not in self._cache:
+            scale_h = self.base_grid[0] / grid_h if self.auto_scale else 1.0
+            scale_w = self.base_grid[1] / grid_w if self.auto_scale else 1.0
+            angles = rope_2d_angles(self.head_dim, grid_h, grid_w, self.theta, scale_h, scale_w)
+            angles = angles.repeat_interleave(2, dim=-1).to(device=device, dtype=torch.float32)
+            self._cache[key] = (angles.cos(), angles.sin())
+        return self._cache[key]

@@ -101,6 +101,10 @@ def from_reference_state_dict(state_dict, source_format, sample_size=None):
     pairs = reference_key_pairs(block_type, depth)
     fused = [tuple(t.format(i=i) for t in _LLAMA_FUSED) for i in range(depth)] if block_type == "llama" else []
     expected = [ref for ref, _ in pairs] + [k for gate, up, _ in fused for k in (gate, up)]
+    has_swiglu = any(k.endswith("mlp.c_fc1.weight") for k in state_dict)
+    if has_swiglu != (block_type == "llama"):
+        other = "visionllama-dit or visionllama-sit" if has_swiglu else "dit or sit"
+        raise ValueError(f"this checkpoint's MLP keys do not fit format {source_format!r}: it looks like {other}")
     _check_keys([k for k in state_dict if k != _FIXED_TABLE], expected, f"{source_format} checkpoint")
 
     converted = {ours: state_dict[ref] for ref, ours in pairs}

@@ -1,0 +1,105 @@
+"""The `vlgen` command: argparse subcommands."""
+import argparse
+import sys
+import time
+
+
+def _cmd_models(args):
+    import torch
+
+    from vlgen.models import MODEL_CONFIGS, create_model
+
+    print(f"{'model':<18} {'parameters':>14}")
+    for name in MODEL_CONFIGS:
+        with torch.device("meta"):  # shapes only: nothing is allocated
+            count = sum(p.numel() for p in create_model(name).parameters())
+        print(f"{name:<18} {count:>14,}")
+
+
+def _cmd_convert(args):
+    from vlgen.models.conversion import from_diffusers_dit, from_reference_state_dict, load_reference_checkpoint
+
+    if args.source == "diffusers":
+        from diffusers import DiTTransformer2DModel
+
+        subfolder = None if args.subfolder == "" else args.subfolder
+        dit = DiTTransformer2DModel.from_pretrained(args.checkpoint, subfolder=subfolder)
+        model = from_diffusers_dit(dit)
+    else:
+        state_dict = load_reference_checkpoint(args.checkpoint, weights=args.weights)
+        model = from_reference_state_dict(state_dict, args.source, sample_size=args.sample_size)
+    model.save_pretrained(args.out)
+    count = sum(p.numel() for p in model.parameters())
+    print(f"wrote {args.out}: {model.config.block_type} denoiser, {count:,} parameters")
+
+
+def _cmd_smoke(args):
+    """A few full training steps (forward, MSE, backward, AdamW) on random latents."""
+    import torch
+
+    from vlgen.models import create_model
+
+    torch.manual_seed(args.seed)
+    model = create_model(args.model, sample_size=args.size, num_classes=args.num_classes).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0)
+    x = torch.randn(args.batch_size, model.config.in_channels, args.size, args.size)
+    y = torch.randint(0, args.num_classes, (args.batch_size,))
+    count = sum(p.numel() for p in model.parameters())
+    print(f"{args.model}: {count:,} parameters, batch {tuple(x.shape)}")
+    for step in range(1, args.steps + 1):
+        start = time.perf_counter()
+        t = torch.randint(0, 1000, (args.batch_size,))
+        target = torch.randn(args.batch_size, model.out_channels, args.size, args.size)
+        loss = torch.nn.functional.mse_loss(model(x, t, y), target)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if not torch.isfinite(loss):
+            raise SystemExit(f"non-finite loss at step {step}")
+        print(f"step {step}: loss {loss.item():.4f} ({time.perf_counter() - start:.2f}s)")
+    print("smoke run OK")
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(prog="vlgen", description="VisionLLaMA diffusion transformers.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    models = sub.add_parser("models", help="list the named model sizes and their parameter counts")
+    models.set_defaults(func=_cmd_models)
+
+    convert = sub.add_parser("convert", help="convert an official checkpoint to a save_pretrained directory")
+    convert.add_argument("checkpoint", help="reference .pt file, or (with --from diffusers) a hub id or local directory")
+    convert.add_argument("--from", dest="source", required=True,
+                         choices=["dit", "sit", "visionllama-dit", "visionllama-sit", "diffusers"])
+    convert.add_argument("--out", required=True, help="output directory (safetensors + config.json)")
+    convert.add_argument("--weights", default="ema", choices=["ema", "model"],
+                         help="which weights of a training checkpoint to take (default: ema)")
+    convert.add_argument("--sample-size", type=int, default=None,
+                         help="latent size the model was trained at, when the checkpoint has no pos_embed")
+    convert.add_argument("--subfolder", default="transformer",
+                         help="diffusers subfolder of the transformer ('' for none; default: transformer)")
+    convert.set_defaults(func=_cmd_convert)
+
+    smoke = sub.add_parser("smoke", help="a few training steps of a denoiser on random latents")
+    smoke.add_argument("--model", default="DiT-LLaMA-S/2")
+    smoke.add_argument("--steps", type=int, default=3)
+    smoke.add_argument("--batch-size", type=int, default=8)
+    smoke.add_argument("--size", type=int, default=32, help="latent size (default 32: 256px images)")
+    smoke.add_argument("--num-classes", type=int, default=1000)
+    smoke.add_argument("--seed", type=int, default=0)
+    smoke.set_defaults(func=_cmd_smoke)
+    return parser
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except (ValueError, FileNotFoundError) as error:
+        print(f"vlgen {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

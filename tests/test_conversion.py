@@ -3,6 +3,7 @@ Meituan-AutoML/VisionLLaMA (dit/ and sit/ models.py) and diffusers' DiTTransform
 import argparse
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -17,7 +18,8 @@ from vlgen.models.conversion import (
 )
 from vlgen.models.embeddings import sincos_pos_embed_2d
 
-D, DEPTH, PATCH, C, CLASSES, LATENT = 64, 2, 4, 4, 10, 16  # hidden 64 is no reference size: patched below
+DEPTH, PATCH, C, CLASSES, LATENT = 2, 4, 4, 10, 16
+VLGEN = str(Path(sys.executable).parent / "vlgen")
 
 
 def reference_state_dict(llama, hidden=384, depth=DEPTH, patch=PATCH, seed=0):
@@ -129,7 +131,7 @@ def test_convert_command_writes_a_pretrained_directory(tmp_path):
     torch.save({"model": reference, "ema": reference}, checkpoint)
     out = tmp_path / "converted"
     result = subprocess.run(
-        [sys.executable, "-m", "vlgen.cli", "convert", str(checkpoint), "--from", "visionllama-sit", "--out", str(out)],
+        [VLGEN, "convert", str(checkpoint), "--from", "visionllama-sit", "--out", str(out)],
         capture_output=True, text=True,
     )
     assert result.returncode == 0, result.stderr
@@ -140,7 +142,7 @@ def test_convert_command_writes_a_pretrained_directory(tmp_path):
     assert loaded(x, t, y).shape == (2, C, LATENT, LATENT)  # SiT drops the variance half
 
     bad = subprocess.run(
-        [sys.executable, "-m", "vlgen.cli", "convert", str(tmp_path / "nope.pt"), "--from", "dit", "--out", str(out)],
+        [VLGEN, "convert", str(tmp_path / "nope.pt"), "--from", "dit", "--out", str(out)],
         capture_output=True, text=True,
     )
     assert bad.returncode == 2 and "No such file" in bad.stderr

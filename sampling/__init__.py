@@ -1,1 +1,5 @@
 """Samplers as plain functions over one contract, denoise(x, t, **cond)."""
+from sampling.ddpm import sample_ddim, sample_ddpm
+from sampling.guidance import classifier_free_guidance
+
+__all__ = ["sample_ddpm", "sample_ddim", "classifier_free_guidance"]

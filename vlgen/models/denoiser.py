@@ -11,6 +11,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from vlgen.models.blocks import FinalLayer, dit_block, llama_block
+from vlgen.models.guidance import combine_guidance
 from vlgen.models.embeddings import LabelEmbedder, TimestepEmbedder, sincos_pos_embed_2d
 from vlgen.models.rope import RotaryEmbedding2D
 
@@ -185,5 +186,4 @@ class VisionLLaMADenoiser(ModelMixin, ConfigMixin):
         null = torch.full_like(y, self.null_class_id)
         out = self(torch.cat([x, x]), torch.cat([t, t]), torch.cat([y, null]))
         cond, uncond = out.chunk(2)
-        mixed = uncond[:, :guided] + guidance_scale * (cond[:, :guided] - uncond[:, :guided])
-        return torch.cat([mixed, cond[:, guided:]], dim=1)
+        return combine_guidance(cond, uncond, guidance_scale, guided)

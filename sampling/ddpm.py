@@ -1,0 +1,44 @@
+"""DDPM ancestral and DDIM sampling over a GaussianDiffusion, for any denoise(x, t, **cond)."""
+import torch
+from tqdm.auto import tqdm
+
+from sampling.noise import check_finite, randn_like
+
+
+def _steps(diffusion, progress, desc):
+    indices = list(range(diffusion.num_timesteps))[::-1]
+    return tqdm(indices, desc=desc, disable=not progress, leave=False)
+
+
+@torch.no_grad()
+def sample_ddpm(denoise, diffusion, noise, *, clip_denoised=False, generator=None, progress=True, **cond):
+    """Ancestral sampling: x_{t-1} = mean + exp(log_var / 2) * z from x_T = noise, every step of
+    the (respaced) process; no noise is added at the last step."""
+    x = noise
+    for i in _steps(diffusion, progress, "DDPM"):
+        t = torch.full((x.shape[0],), i, device=x.device, dtype=torch.long)
+        output = denoise(x, diffusion.model_timesteps(t), **cond)
+        check_finite(output, i)
+        out = diffusion.p_mean_variance(output, x, t, clip_denoised=clip_denoised)
+        x = out["mean"] + torch.exp(0.5 * out["log_variance"]) * randn_like(x, generator) if i > 0 else out["mean"]
+    return x
+
+
+@torch.no_grad()
+def sample_ddim(denoise, diffusion, noise, *, eta=0.0, clip_denoised=False, generator=None, progress=True, **cond):
+    """DDIM (Song et al., eq. 12) over the (respaced) process; eta=0 is deterministic, eta=1
+    matches DDPM's posterior variance."""
+    x = noise
+    for i in _steps(diffusion, progress, "DDIM"):
+        t = torch.full((x.shape[0],), i, device=x.device, dtype=torch.long)
+        output = denoise(x, diffusion.model_timesteps(t), **cond)
+        check_finite(output, i)
+        pred_x0 = diffusion.p_mean_variance(output, x, t, clip_denoised=clip_denoised)["pred_x0"]
+        eps = diffusion.predict_eps_from_x0(x, t, pred_x0)
+        alpha_bar = diffusion.extract("alphas_cumprod", t, x)
+        alpha_bar_prev = diffusion.extract("alphas_cumprod_prev", t, x)
+        sigma = eta * torch.sqrt((1 - alpha_bar_prev) / (1 - alpha_bar)) * torch.sqrt(1 - alpha_bar / alpha_bar_prev)
+        x = pred_x0 * torch.sqrt(alpha_bar_prev) + torch.sqrt(1 - alpha_bar_prev - sigma**2) * eps
+        if i > 0 and eta > 0:
+            x = x + sigma * randn_like(x, generator)
+    return x

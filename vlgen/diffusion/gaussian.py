@@ -1,0 +1,185 @@
+"""ADM-style Gaussian diffusion (DDPM) as DiT trains and samples it.
+
+Tables are float64 like the reference; values taken from them are cast to the data's dtype.
+Timestep indices t run over this (possibly respaced) process; the model always sees the original
+timesteps, `model_timesteps(t)`.
+"""
+import math
+
+import numpy as np
+import torch
+
+from vlgen.diffusion.likelihood import discretized_gaussian_log_likelihood, normal_kl
+from vlgen.diffusion.schedules import beta_schedule, space_timesteps
+
+PREDICTIONS = ("eps", "x0", "v")
+VARIANCES = ("fixed_small", "fixed_large", "learned_range")
+
+
+def mean_flat(x):
+    return x.mean(dim=list(range(1, x.ndim)))
+
+
+class GaussianDiffusion:
+    def __init__(self, betas, prediction="eps", variance="learned_range", timestep_map=None):
+        if prediction not in PREDICTIONS:
+            raise ValueError(f"prediction must be one of {PREDICTIONS}, got {prediction!r}")
+        if variance not in VARIANCES:
+            raise ValueError(f"variance must be one of {VARIANCES}, got {variance!r}")
+        betas = np.asarray(betas, dtype=np.float64)
+        if betas.ndim != 1 or not ((betas > 0) & (betas <= 1)).all():
+            raise ValueError("betas must be a 1-D array with values in (0, 1]")
+        self.prediction, self.variance = prediction, variance
+        self.num_timesteps = len(betas)
+        self.timestep_map = list(range(len(betas))) if timestep_map is None else list(timestep_map)
+
+        alphas_cumprod = np.cumprod(1.0 - betas)
+        alphas_cumprod_prev = np.append(1.0, alphas_cumprod[:-1])
+        posterior_variance = betas * (1.0 - alphas_cumprod_prev) / (1.0 - alphas_cumprod)
+        # The posterior variance is 0 at t=0: its log is clipped to the value at t=1.
+        posterior_log_variance_clipped = np.log(np.append(posterior_variance[1], posterior_variance[1:]))
+        fixed_large = np.append(posterior_variance[1], betas[1:])
+        tables = dict(
+            betas=betas,
+            alphas_cumprod=alphas_cumprod,
+            alphas_cumprod_prev=alphas_cumprod_prev,
+            sqrt_alphas_cumprod=np.sqrt(alphas_cumprod),
+            sqrt_one_minus_alphas_cumprod=np.sqrt(1.0 - alphas_cumprod),
+            log_one_minus_alphas_cumprod=np.log(1.0 - alphas_cumprod),
+            sqrt_recip_alphas_cumprod=np.sqrt(1.0 / alphas_cumprod),
+            sqrt_recipm1_alphas_cumprod=np.sqrt(1.0 / alphas_cumprod - 1),
+            posterior_variance=posterior_variance,
+            posterior_log_variance_clipped=posterior_log_variance_clipped,
+            posterior_mean_coef1=betas * np.sqrt(alphas_cumprod_prev) / (1.0 - alphas_cumprod),
+            posterior_mean_coef2=(1.0 - alphas_cumprod_prev) * np.sqrt(1.0 - betas) / (1.0 - alphas_cumprod),
+            log_betas=np.log(betas),
+            fixed_large_variance=fixed_large,
+            fixed_large_log_variance=np.log(fixed_large),
+            timestep_map=np.asarray(self.timestep_map, dtype=np.float64),
+        )
+        self.tables = {name: torch.from_numpy(value) for name, value in tables.items()}
+        self._device_tables = {}
+
+    # -- tables ---------------------------------------------------------------------------
+    def _table(self, name, device):
+        key = (name, torch.device(device))
+        if key not in self._device_tables:
+            self._device_tables[key] = self.tables[name].to(device)
+        return self._device_tables[key]
+
+    def extract(self, name, t, x):
+        """table[t] broadcast to x's shape, in x's dtype."""
+        values = self._table(name, t.device)[t].to(x.dtype)
+        return values.view(-1, *([1] * (x.ndim - 1))).expand_as(x)
+
+    def model_timesteps(self, t):
+        """Original-process timesteps (as the model was trained on) of respaced indices t."""
+        return self._table("timestep_map", t.device)[t].to(torch.long)
+
+    # -- forward process ------------------------------------------------------------------
+    def q_mean_variance(self, x0, t):
+        """Mean, variance and log-variance of q(x_t | x_0)."""
+        mean = self.extract("sqrt_alphas_cumprod", t, x0) * x0
+        return mean, self.extract("sqrt_one_minus_alphas_cumprod", t, x0) ** 2, self.extract("log_one_minus_alphas_cumprod", t, x0)
+
+    def q_sample(self, x0, t, noise):
+        return self.extract("sqrt_alphas_cumprod", t, x0) * x0 + self.extract("sqrt_one_minus_alphas_cumprod", t, x0) * noise
+
+    def q_posterior_mean_variance(self, x0, x_t, t):
+        """Mean, variance and clipped log-variance of q(x_{t-1} | x_t, x_0)."""
+        mean = self.extract("posterior_mean_coef1", t, x_t) * x0 + self.extract("posterior_mean_coef2", t, x_t) * x_t
+        return mean, self.extract("posterior_variance", t, x_t), self.extract("posterior_log_variance_clipped", t, x_t)
+
+    # -- model output -> distributions ----------------------------------------------------
+    def split_output(self, model_output, x):
+        """(prediction, variance values in [-1, 1] or None) from the model's output channels."""
+        channels = x.shape[1]
+        if self.variance == "learned_range":
+            if model_output.shape[1] != 2 * channels:
+                raise ValueError(
+                    f"learned_range variance needs {2 * channels} output channels (prediction + variance), "
+                    f"got {model_output.shape[1]}: use a model with learn_sigma=True or a fixed variance"
+                )
+            return model_output[:, :channels], model_output[:, channels:]
+        return model_output[:, :channels], None
+
+    def predict_x0(self, prediction, x_t, t):
+        if self.prediction == "eps":
+            return self.extract("sqrt_recip_alphas_cumprod", t, x_t) * x_t - self.extract("sqrt_recipm1_alphas_cumprod", t, x_t) * prediction
+        if self.prediction == "v":
+            return self.extract("sqrt_alphas_cumprod", t, x_t) * x_t - self.extract("sqrt_one_minus_alphas_cumprod", t, x_t) * prediction
+        return prediction
+
+    def predict_eps_from_x0(self, x_t, t, x0):
+        return (self.extract("sqrt_recip_alphas_cumprod", t, x_t) * x_t - x0) / self.extract("sqrt_recipm1_alphas_cumprod", t, x_t)
+
+    def p_mean_variance(self, model_output, x_t, t, clip_denoised=False):
+        """p(x_{t-1} | x_t) from a model output: dict(mean, variance, log_variance, pred_x0)."""
+        prediction, variance_values = self.split_output(model_output, x_t)
+        if variance_values is not None:
+            min_log = self.extract("posterior_log_variance_clipped", t, x_t)
+            max_log = self.extract("log_betas", t, x_t)
+            frac = (variance_values + 1) / 2  # [-1, 1] spans [posterior variance, beta]
+            log_variance = frac * max_log + (1 - frac) * min_log
+        elif self.variance == "fixed_large":
+            log_variance = self.extract("fixed_large_log_variance", t, x_t)
+        else:
+            log_variance = self.extract("posterior_log_variance_clipped", t, x_t)
+        pred_x0 = self.predict_x0(prediction, x_t, t)
+        if clip_denoised:
+            pred_x0 = pred_x0.clamp(-1, 1)
+        mean, _, _ = self.q_posterior_mean_variance(pred_x0, x_t, t)
+        return dict(mean=mean, variance=torch.exp(log_variance), log_variance=log_variance, pred_x0=pred_x0)
+
+    # -- training -------------------------------------------------------------------------
+    def vb_terms_bpd(self, model_output, x0, x_t, t):
+        """Per-sample VLB term in bits per dim: KL(q(x_{t-1}|x_t,x_0) || p(x_{t-1}|x_t)) for t > 0,
+        the discretised decoder NLL at t = 0."""
+        true_mean, _, true_log_variance = self.q_posterior_mean_variance(x0, x_t, t)
+        out = self.p_mean_variance(model_output, x_t, t)
+        kl = mean_flat(normal_kl(true_mean, true_log_variance, out["mean"], out["log_variance"])) / math.log(2.0)
+        nll = -discretized_gaussian_log_likelihood(x0, out["mean"], 0.5 * out["log_variance"])
+        return torch.where(t == 0, mean_flat(nll) / math.log(2.0), kl)
+
+    def training_target(self, x0, noise, t):
+        if self.prediction == "eps":
+            return noise
+        if self.prediction == "v":
+            return self.extract("sqrt_alphas_cumprod", t, x0) * noise - self.extract("sqrt_one_minus_alphas_cumprod", t, x0) * x0
+        return x0
+
+    def training_losses(self, model, x0, t, noise=None, **model_kwargs):
+        """dict(loss, mse, vb) per sample. loss = MSE of the prediction, plus (learned-range
+        variance) the VLB term computed with the mean prediction detached, so the VLB trains only
+        the variance channels (Nichol & Dhariwal's hybrid loss, as DiT)."""
+        noise = torch.randn_like(x0) if noise is None else noise
+        x_t = self.q_sample(x0, t, noise)
+        model_output = model(x_t, self.model_timesteps(t), **model_kwargs)
+        prediction, variance_values = self.split_output(model_output, x0)
+        terms = {"mse": mean_flat((self.training_target(x0, noise, t) - prediction.float()) ** 2)}
+        if variance_values is not None:
+            frozen = torch.cat([prediction.detach(), variance_values], dim=1).float()
+            terms["vb"] = self.vb_terms_bpd(frozen, x0.float(), x_t.float(), t)
+            terms["loss"] = terms["mse"] + terms["vb"]
+        else:
+            terms["loss"] = terms["mse"]
+        return terms
+
+    def sample_timesteps(self, batch_size, device, generator=None):
+        """Uniform training timesteps in [0, num_timesteps)."""
+        return torch.randint(0, self.num_timesteps, (batch_size,), device=device, generator=generator)
+
+
+def create_diffusion(timestep_respacing="", noise_schedule="linear", diffusion_steps=1000, prediction="eps",
+                     learn_sigma=True, sigma_small=False):
+    """DiT's create_diffusion: linear 1000-step schedule, learned-range sigma by default.
+
+    timestep_respacing: "" (all steps), "250", "ddim50" or comma sections. Respacing keeps the
+    alpha-bar values of the kept steps and recomputes betas between them."""
+    betas = beta_schedule(noise_schedule, diffusion_steps)
+    variance = "learned_range" if learn_sigma else ("fixed_small" if sigma_small else "fixed_large")
+    kept = space_timesteps(diffusion_steps, timestep_respacing)
+    alphas_cumprod = np.cumprod(1.0 - betas)
+    kept_alphas = alphas_cumprod[kept]
+    respaced_betas = 1.0 - kept_alphas / np.append(1.0, kept_alphas[:-1])
+    return GaussianDiffusion(respaced_betas, prediction=prediction, variance=variance, timestep_map=kept)

@@ -44,6 +44,15 @@ def test_rotation_preserves_norm_and_origin_is_identity():
     assert torch.equal(rotated[..., 0, :], x[..., 0, :])
 
 
+def test_rotation_equals_complex_multiplication():
+    """The reference applies RoPE as (x0 + i x1) * exp(i angle) per pair."""
+    x = torch.randn(2, 12, 8)
+    cos, signed_sin = RotaryEmbedding2D(8, (3, 4))(3, 4, "cpu")
+    angles = rope_2d_angles(8, 3, 4).float()
+    expected = torch.view_as_real(torch.view_as_complex(x.unflatten(-1, (-1, 2))) * torch.polar(torch.ones_like(angles), angles))
+    assert torch.allclose(apply_rope(x, cos, signed_sin), expected.flatten(-2), atol=1e-5)
+
+
 def test_pair_layout_matches_reference_convention():
     # Pair 2j rotates by x * theta^(-4j/d), pair 2j+1 by y * theta^(-4j/d).
     head_dim, theta = 8, 10000.0

@@ -16,11 +16,13 @@ class Attention(nn.Module):
         self.proj = nn.Linear(dim, dim)
 
     def forward(self, x, rope=None):
-        """x: (N, T, D); rope: None or the (cos, sin) tables of the token grid, each (T, head_dim)."""
+        """x: (N, T, D); rope: None or the (cos, signed_sin) tables of the token grid, each (T, head_dim)."""
         n, t, d = x.shape
         qkv = self.qkv(x).view(n, t, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv.unbind(0)  # (N, H, T, hd) each
-        if rope is not None:
-            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        if rope is None:
+            q, k, v = qkv.unbind(0)  # (N, H, T, hd) each
+        else:
+            q, k = apply_rope(qkv[:2], *rope).unbind(0)  # q and k in one pass
+            v = qkv[2]
         out = F.scaled_dot_product_attention(q, k, v)  # (N, H, T, hd)
         return self.proj(out.transpose(1, 2).reshape(n, t, d))

@@ -3,6 +3,7 @@
 The VisionLLaMA block (RoPE attention + SwiGLU) and the plain DiT block (attention on
 position-embedded tokens + GELU MLP) are the same block with different parts.
 """
+import torch
 from torch import nn
 
 from vlgen.models.attention import Attention
@@ -10,8 +11,8 @@ from vlgen.models.mlp import GeluMLP, SwiGLU, swiglu_hidden_size
 
 
 def modulate(x, shift, scale):
-    """x: (N, T, D); shift, scale: (N, 1, D)."""
-    return x * (1 + scale) + shift
+    """x * (1 + scale) + shift in one pass; x: (N, T, D); shift, scale: (N, 1, D)."""
+    return torch.addcmul(shift, x, 1 + scale)
 
 
 class AdaLNZeroBlock(nn.Module):
@@ -27,10 +28,10 @@ class AdaLNZeroBlock(nn.Module):
         self.adaln = nn.Linear(dim, 6 * dim)
 
     def forward(self, x, c_act, rope=None):
-        """x: (N, T, D); c_act: SiLU of the conditioning, (N, D); rope: (cos, sin) or None."""
+        """x: (N, T, D); c_act: SiLU of the conditioning, (N, D); rope: (cos, signed_sin) or None."""
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = self.adaln(c_act).unsqueeze(1).chunk(6, dim=-1)
-        x = x + gate_msa * self.attn(modulate(self.norm1(x), shift_msa, scale_msa), rope)
-        x = x + gate_mlp * self.mlp(modulate(self.norm2(x), shift_mlp, scale_mlp))
+        x = torch.addcmul(x, gate_msa, self.attn(modulate(self.norm1(x), shift_msa, scale_msa), rope))
+        x = torch.addcmul(x, gate_mlp, self.mlp(modulate(self.norm2(x), shift_mlp, scale_mlp)))
         return x
 
 

@@ -25,16 +25,17 @@ def rope_2d_angles(head_dim, grid_h, grid_w, theta=10000.0, scale_h=1.0, scale_w
     return torch.stack([x_angles, y_angles], dim=-1).reshape(grid_h * grid_w, head_dim // 2)
 
 
-def apply_rope(x, cos, sin):
-    """Rotate the pairs (2i, 2i+1) of x (..., T, head_dim) by the angles whose cos/sin are given,
-    each (T, head_dim) with every pair's value repeated twice. Computed in float32 like the reference."""
-    pairs = x.unflatten(-1, (-1, 2))
-    rotated = torch.stack((-pairs[..., 1], pairs[..., 0]), dim=-1).flatten(-2)  # (x0, x1) -> (-x1, x0)
-    return (x * cos + rotated * sin).type_as(x)
+def apply_rope(x, cos, signed_sin):
+    """Rotate the pairs (x0, x1) = x[..., 2i:2i+2] of x (..., T, head_dim) by their angles:
+    (x0 cos - x1 sin, x1 cos + x0 sin). cos: (T, head_dim), each pair's value twice; signed_sin:
+    (T, head_dim), (-sin, +sin) per pair. Three element-wise passes; float32 like the reference."""
+    swapped = x.unflatten(-1, (-1, 2)).flip(-1).flatten(-2)  # (x1, x0) per pair
+    return torch.addcmul(x * cos, swapped, signed_sin).type_as(x)
 
 
 class RotaryEmbedding2D(nn.Module):
-    """Holds no weights: returns (cos, sin) tables for a token grid, cached per grid and device."""
+    """Holds no weights: returns the (cos, signed_sin) tables of apply_rope for a token grid,
+    cached per grid and device."""
 
     def __init__(self, head_dim, base_grid, theta=10000.0, auto_scale=True):
         super().__init__()
@@ -51,5 +52,6 @@ class RotaryEmbedding2D(nn.Module):
             scale_w = self.base_grid[1] / grid_w if self.auto_scale else 1.0
             angles = rope_2d_angles(self.head_dim, grid_h, grid_w, self.theta, scale_h, scale_w)
             angles = angles.repeat_interleave(2, dim=-1).to(device=device, dtype=torch.float32)
-            self._cache[key] = (angles.cos(), angles.sin())
+            sign = torch.tensor([-1.0, 1.0], device=device).repeat(self.head_dim // 2)
+            self._cache[key] = (angles.cos(), angles.sin() * sign)
         return self._cache[key]

@@ -1,0 +1,66 @@
+"""Sampling speed: 50-step DDPM and DDIM of DiT-LLaMA-S/2 (4x32x32 latents), with and without CFG.
+
+Prints wall time per image and the CFG / no-CFG ratio (target <= 2.1: guidance costs one batched
+forward of twice the batch, nothing else).
+
+    python benchmarks/bench_sampling.py [--model DiT-LLaMA-S/2] [--batch-size 8] [--steps 50] [--device cpu]
+"""
+import argparse
+import time
+
+import torch
+
+from sampling import classifier_free_guidance, sample_ddim, sample_ddpm
+from vlgen.diffusion import create_diffusion
+from vlgen.models import create_model
+
+
+def time_sampler(sampler, denoise, diffusion, noise, labels):
+    if noise.device.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    with torch.inference_mode():
+        sampler(denoise, diffusion, noise, generator=torch.Generator().manual_seed(0), progress=False, y=labels)
+    if noise.device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="DiT-LLaMA-S/2")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--steps", type=int, default=50)
+    parser.add_argument("--guidance-scale", type=float, default=4.0)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = parser.parse_args()
+
+    torch.manual_seed(0)
+    model = create_model(args.model).to(args.device).eval()
+    for param in model.parameters():  # non-zero outputs (the reference init outputs zeros)
+        param.data.normal_(std=0.02)
+    noise = torch.randn(args.batch_size, 4, 32, 32, device=args.device)
+    labels = torch.randint(0, 1000, (args.batch_size,), device=args.device)
+    guided = classifier_free_guidance(model, args.guidance_scale, model.null_class_id, guided_channels=4)
+    samplers = {"DDPM": (sample_ddpm, create_diffusion(str(args.steps))),
+                "DDIM": (sample_ddim, create_diffusion(f"ddim{args.steps}"))}
+
+    sample_ddim(model, create_diffusion("ddim2"), noise, progress=False, y=labels)  # warm-up
+    print(f"{args.model}, {args.steps} steps, batch {args.batch_size}, {args.device}, {torch.get_num_threads()} threads")
+    # "2x batch": no guidance at twice the batch, the work CFG cannot avoid; CFG / 2x batch near 1.00
+    # means guidance adds nothing beyond the doubled batch.
+    double_noise, double_labels = torch.cat([noise, noise]), torch.cat([labels, labels])
+    print(f"{'sampler':<8} {'no CFG s/img':>13} {'CFG s/img':>10} {'CFG/no-CFG':>11} {'CFG/2x batch':>13}")
+    for name, (sampler, diffusion) in samplers.items():
+        # Interleaved repeats, best of each: robust to other load on a shared machine.
+        runs = [(time_sampler(sampler, model, diffusion, noise, labels),
+                 time_sampler(sampler, guided, diffusion, noise, labels),
+                 time_sampler(sampler, model, diffusion, double_noise, double_labels))
+                for _ in range(args.repeats)]
+        plain, cfg, double = (min(times) / args.batch_size for times in zip(*runs))
+        print(f"{name:<8} {plain:>13.3f} {cfg:>10.3f} {cfg / plain:>11.2f} {cfg / double:>13.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -11,6 +11,7 @@ import re
 import torch
 
 from vlgen.models.denoiser import VisionLLaMADenoiser
+from vlgen.models.embeddings import sincos_pos_embed_2d
 from vlgen.models.registry import FAMILIES, SIZES
 
 REFERENCE_FORMATS = {"dit": "DiT", "sit": "SiT", "visionllama-dit": "DiT-LLaMA", "visionllama-sit": "SiT-LLaMA"}
@@ -117,8 +118,6 @@ def from_reference_state_dict(state_dict, source_format, sample_size=None):
 
 def to_reference_state_dict(model):
     """The model's weights under the reference key names (with the reference's fixed pos_embed)."""
-    from vlgen.models.embeddings import sincos_pos_embed_2d
-
     cfg = model.config
     ours = model.state_dict()
     out = {ref: ours[key] for ref, key in reference_key_pairs(cfg.block_type, cfg.depth)}
@@ -185,6 +184,7 @@ def from_diffusers_dit(dit):
                 if not torch.equal(sd[other], tensor):
                     raise ValueError(f"{other} differs from block 0: the embedders are not shared, cannot convert")
     out_channels = cfg.out_channels if cfg.out_channels is not None else cfg.in_channels
+    label_rows = sd[_DIFFUSERS_EMB.format(i=0) + "class_embedder.embedding_table.weight"].shape[0]
     model = VisionLLaMADenoiser(
         sample_size=cfg.sample_size,
         patch_size=cfg.patch_size,
@@ -194,7 +194,7 @@ def from_diffusers_dit(dit):
         num_heads=cfg.num_attention_heads,
         block_type="dit",
         num_classes=cfg.num_embeds_ada_norm,
-        class_dropout_prob=0.1 if sd[_DIFFUSERS_EMB.format(i=0) + "class_embedder.embedding_table.weight"].shape[0] > cfg.num_embeds_ada_norm else 0.0,
+        class_dropout_prob=0.1 if label_rows > cfg.num_embeds_ada_norm else 0.0,  # a null-class row exists
         learn_sigma=out_channels == 2 * cfg.in_channels,
         norm_eps=1e-6,  # diffusers' AdaLayerNormZero and output norms
         mlp_norm_eps=cfg.norm_eps,  # its pre-MLP norm follows the config

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
+from vlgen.allocator import keep_freed_memory
 from vlgen.models import create_model
 
 
@@ -76,6 +77,7 @@ def main():
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--single", action="store_true", help=argparse.SUPPRESS)  # child mode
     args = parser.parse_args()
+    keep_freed_memory()
 
     if args.single:
         result = measure(args.models[0], args.batch_size, args.latent_size, args.steps, args.warmup, args.device)

@@ -12,6 +12,7 @@ import torch
 
 from sampling import classifier_free_guidance, sample_ddim, sample_ddpm
 from vlgen.diffusion import create_diffusion
+from vlgen.allocator import keep_freed_memory
 from vlgen.models import create_model
 
 
@@ -35,6 +36,7 @@ def main():
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args()
+    keep_freed_memory()
 
     torch.manual_seed(0)
     model = create_model(args.model).to(args.device).eval()

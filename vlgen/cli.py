@@ -92,7 +92,10 @@ def build_parser():
 
 
 def main(argv=None):
+    from vlgen.allocator import keep_freed_memory
+
     args = build_parser().parse_args(argv)
+    keep_freed_memory()
     try:
         args.func(args)
     except (ValueError, FileNotFoundError) as error:

@@ -123,7 +123,7 @@ def test_nan_model_output_names_the_step(sampler):
 
 
 def test_tiny_model_learns_a_toy_dataset_with_the_hybrid_loss():
-    """Two classes of fixed 4x8x8 patterns; 300 AdamW steps cut the hybrid loss by >= 2.5x."""
+    """Two classes of fixed 4x8x8 patterns; 300 AdamW steps cut the hybrid loss by >= 10x (measured 28x)."""
     torch.manual_seed(0)
     patterns = torch.stack([torch.linspace(-1, 1, 256).view(4, 8, 8), torch.linspace(1, -1, 256).view(4, 8, 8).flip(-1)])
     model = tiny_model("DiT-LLaMA-S/2", randomize=False, sample_size=8, hidden_size=64, num_heads=4, num_classes=2).train()
@@ -139,4 +139,4 @@ def test_tiny_model_learns_a_toy_dataset_with_the_hybrid_loss():
         optimizer.step()
         losses.append(loss.item())
     first, last = sum(losses[:30]) / 30, sum(losses[-30:]) / 30
-    assert last < first / 2.5, (first, last)
+    assert last < first / 10, (first, last)

@@ -10,16 +10,21 @@ def _steps(diffusion, progress, desc):
     return tqdm(indices, desc=desc, disable=not progress, leave=False)
 
 
+def _predict(denoise, diffusion, x, i, clip_denoised, cond):
+    """One model evaluation at step i: (t, p(x_{t-1} | x_t) as p_mean_variance's dict)."""
+    t = torch.full((x.shape[0],), i, device=x.device, dtype=torch.long)
+    output = denoise(x, diffusion.model_timesteps(t), **cond)
+    check_finite(output, i)
+    return t, diffusion.p_mean_variance(output, x, t, clip_denoised=clip_denoised)
+
+
 @torch.no_grad()
 def sample_ddpm(denoise, diffusion, noise, *, clip_denoised=False, generator=None, progress=True, **cond):
     """Ancestral sampling: x_{t-1} = mean + exp(log_var / 2) * z from x_T = noise, every step of
     the (respaced) process; no noise is added at the last step."""
     x = noise
     for i in _steps(diffusion, progress, "DDPM"):
-        t = torch.full((x.shape[0],), i, device=x.device, dtype=torch.long)
-        output = denoise(x, diffusion.model_timesteps(t), **cond)
-        check_finite(output, i)
-        out = diffusion.p_mean_variance(output, x, t, clip_denoised=clip_denoised)
+        _, out = _predict(denoise, diffusion, x, i, clip_denoised, cond)
         x = out["mean"] + torch.exp(0.5 * out["log_variance"]) * randn_like(x, generator) if i > 0 else out["mean"]
     return x
 
@@ -30,10 +35,8 @@ def sample_ddim(denoise, diffusion, noise, *, eta=0.0, clip_denoised=False, gene
     matches DDPM's posterior variance."""
     x = noise
     for i in _steps(diffusion, progress, "DDIM"):
-        t = torch.full((x.shape[0],), i, device=x.device, dtype=torch.long)
-        output = denoise(x, diffusion.model_timesteps(t), **cond)
-        check_finite(output, i)
-        pred_x0 = diffusion.p_mean_variance(output, x, t, clip_denoised=clip_denoised)["pred_x0"]
+        t, out = _predict(denoise, diffusion, x, i, clip_denoised, cond)
+        pred_x0 = out["pred_x0"]
         eps = diffusion.predict_eps_from_x0(x, t, pred_x0)
         alpha_bar = diffusion.extract("alphas_cumprod", t, x)
         alpha_bar_prev = diffusion.extract("alphas_cumprod_prev", t, x)

@@ -9,9 +9,9 @@ def randn_like(x, generator=None):
     return torch.randn(x.shape, generator=generator, device=device, dtype=x.dtype).to(x.device)
 
 
-def check_finite(output, step, what="model output"):
+def check_finite(output, step):
     if not torch.isfinite(output).all():
         raise FloatingPointError(
-            f"{what} has NaN or inf at sampling step {step}: the model diverged or its weights are "
+            f"model output has NaN or inf at sampling step {step}: the model diverged or its weights are "
             "corrupt; check the checkpoint and the dtype (try float32)"
         )

@@ -53,7 +53,6 @@ class GaussianDiffusion:
             posterior_mean_coef1=betas * np.sqrt(alphas_cumprod_prev) / (1.0 - alphas_cumprod),
             posterior_mean_coef2=(1.0 - alphas_cumprod_prev) * np.sqrt(1.0 - betas) / (1.0 - alphas_cumprod),
             log_betas=np.log(betas),
-            fixed_large_variance=fixed_large,
             fixed_large_log_variance=np.log(fixed_large),
             timestep_map=np.asarray(self.timestep_map, dtype=np.float64),
         )

@@ -11,8 +11,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from vlgen.models.blocks import FinalLayer, dit_block, llama_block
-from vlgen.models.guidance import combine_guidance
 from vlgen.models.embeddings import LabelEmbedder, TimestepEmbedder, sincos_pos_embed_2d
+from vlgen.models.guidance import combine_guidance
 from vlgen.models.rope import RotaryEmbedding2D
 
 BLOCK_TYPES = ("llama", "dit")

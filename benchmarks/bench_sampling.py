@@ -12,8 +12,8 @@ import torch
 
 from sampling import classifier_free_guidance, sample_ddim, sample_ddpm
 from vlgen.diffusion import create_diffusion
+from sampling_setup import latent_batch, random_weight_model
 from vlgen.allocator import keep_freed_memory
-from vlgen.models import create_model
 
 
 def time_sampler(sampler, denoise, diffusion, noise, labels):
@@ -38,12 +38,8 @@ def main():
     args = parser.parse_args()
     keep_freed_memory()
 
-    torch.manual_seed(0)
-    model = create_model(args.model).to(args.device).eval()
-    for param in model.parameters():  # non-zero outputs (the reference init outputs zeros)
-        param.data.normal_(std=0.02)
-    noise = torch.randn(args.batch_size, 4, 32, 32, device=args.device)
-    labels = torch.randint(0, 1000, (args.batch_size,), device=args.device)
+    model = random_weight_model(args.model, args.device)
+    noise, labels = latent_batch(model, args.batch_size, args.device)
     guided = classifier_free_guidance(model, args.guidance_scale, model.null_class_id, guided_channels=4)
     samplers = {"DDPM": (sample_ddpm, create_diffusion(str(args.steps))),
                 "DDIM": (sample_ddim, create_diffusion(f"ddim{args.steps}"))}

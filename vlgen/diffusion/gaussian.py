@@ -9,6 +9,7 @@ import math
 import numpy as np
 import torch
 
+from vlgen.choices import check_choice
 from vlgen.diffusion.likelihood import discretized_gaussian_log_likelihood, normal_kl
 from vlgen.diffusion.schedules import beta_schedule, space_timesteps
 
@@ -22,10 +23,8 @@ def mean_flat(x):
 
 class GaussianDiffusion:
     def __init__(self, betas, prediction="eps", variance="learned_range", timestep_map=None):
-        if prediction not in PREDICTIONS:
-            raise ValueError(f"prediction must be one of {PREDICTIONS}, got {prediction!r}")
-        if variance not in VARIANCES:
-            raise ValueError(f"variance must be one of {VARIANCES}, got {variance!r}")
+        check_choice("prediction", prediction, PREDICTIONS)
+        check_choice("variance", variance, VARIANCES)
         betas = np.asarray(betas, dtype=np.float64)
         if betas.ndim != 1 or not ((betas > 0) & (betas <= 1)).all():
             raise ValueError("betas must be a 1-D array with values in (0, 1]")

@@ -1,0 +1,190 @@
+"""ODE and SDE sampling, and ODE log-likelihoods, over a SiT Transport, for any denoise(x, t, **cond).
+
+Time runs as in SiT: noise at t = 0, data at t = 1. Wrap the model with
+`classifier_free_guidance` for CFG: one batched forward per evaluation.
+"""
+import math
+
+import torch
+from torchdiffeq import odeint
+from tqdm.auto import tqdm
+
+from sampling.noise import check_finite, randn_like
+from vlgen.choices import check_choice
+from vlgen.transport import DIFFUSION_FORMS
+from vlgen.transport.paths import expand_like
+from vlgen.transport.transport import check_output
+
+ADAPTIVE_SOLVERS = ("dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun")
+FIXED_SOLVERS = ("euler", "midpoint", "heun2", "heun3", "rk4")
+SOLVER_ALIASES = {"heun": "heun2"}  # torchdiffeq's name for Heun's second-order method
+SDE_METHODS = ("euler", "heun")
+LAST_STEPS = (None, "mean", "tweedie", "euler")
+
+
+def _ode_solver(method):
+    name = SOLVER_ALIASES.get(method.lower(), method.lower())
+    if name not in ADAPTIVE_SOLVERS + FIXED_SOLVERS:
+        raise ValueError(
+            f"unknown ODE solver {method!r}: use a torchdiffeq solver, adaptive {ADAPTIVE_SOLVERS} (with atol/rtol) "
+            f"or fixed-step {FIXED_SOLVERS + tuple(SOLVER_ALIASES)} (with num_steps)"
+        )
+    return name
+
+
+def _check_steps(num_steps, minimum):
+    if not isinstance(num_steps, int) or num_steps < minimum:
+        raise ValueError(f"num_steps must be an integer >= {minimum}, got {num_steps!r}")
+
+
+def _evaluator(denoise, transport, cond, bar):
+    """model(x, t) -> (output, t as (N,)), checked for shape and finiteness, counted on the bar."""
+
+    def evaluate(x, t):
+        t_batch = torch.as_tensor(t, dtype=x.dtype, device=x.device).expand(x.shape[0])
+        output = check_output(denoise(x, t_batch, **cond), x)
+        check_finite(output, f"t={float(t):.4f}")
+        bar.update()
+        return output, t_batch
+
+    return evaluate
+
+
+def _integrate(field, state, t0, t1, method, num_steps, atol, rtol):
+    """The state at t1 of d state / dt = field(t, state) from t0, by torchdiffeq."""
+    x = state[0] if isinstance(state, tuple) else state
+    if method in FIXED_SOLVERS:
+        times, options = torch.linspace(t0, t1, num_steps + 1, dtype=x.dtype, device=x.device), None
+    else:
+        # step_t makes the last step land on t1 instead of stepping past it and interpolating back:
+        # the model is never evaluated outside the interval it was trained on.
+        times = torch.tensor([t0, t1], dtype=x.dtype, device=x.device)
+        options = {"step_t": times[1:]}
+    solution = odeint(field, state, times, method=method, atol=atol, rtol=rtol, options=options)
+    return tuple(s[-1] for s in solution) if isinstance(state, tuple) else solution[-1]
+
+
+def _progress(progress, desc):
+    return tqdm(desc=desc, unit="eval", disable=not progress, leave=False)
+
+
+@torch.no_grad()
+def sample_ode(denoise, transport, noise, *, method="dopri5", num_steps=50, atol=1e-6, rtol=1e-3, reverse=False,
+               progress=True, **cond):
+    """Integrate the probability-flow ODE dx/dt = v(x, t) from noise to data over the transport's
+    sampling interval (reverse=True: data -> noise, to encode).
+
+    method: an adaptive torchdiffeq solver ("dopri5", SiT's default, controlled by atol/rtol) or a
+    fixed-step one ("euler", "heun", "midpoint", "rk4", ...) taking num_steps steps of equal size
+    (SiT's own code takes num_steps - 1).
+    """
+    method = _ode_solver(method)
+    _check_steps(num_steps, 1)
+    t0, t1 = transport.interval(reverse=reverse)
+    with _progress(progress, f"ODE {method}") as bar:
+        evaluate = _evaluator(denoise, transport, cond, bar)
+
+        def velocity(t, x):
+            output, t_batch = evaluate(x, t)
+            return transport.velocity(output, x, t_batch)
+
+        return _integrate(velocity, noise, t0, t1, method, num_steps, atol, rtol)
+
+
+@torch.no_grad()
+def sample_sde(denoise, transport, noise, *, method="euler", diffusion_form="sigma", diffusion_norm=1.0,
+               last_step="mean", last_step_size=0.04, num_steps=250, generator=None, progress=True, **cond):
+    """Integrate the reverse SDE dx = [v + w_t s] dt + sqrt(2 w_t) dW from noise to data, as SiT.
+
+    method: "euler" (Euler-Maruyama) or "heun" (noise first, then a Heun step on the drift).
+    diffusion_form / diffusion_norm: w_t, one of DIFFUSION_FORMS ("sigma" is SiT's default).
+    num_steps time points span [t0, t1 = 1 - last_step_size]: num_steps - 1 stochastic steps, then
+    a last step of size last_step_size without noise: "mean" (drift step), "tweedie" (the
+    posterior mean E[x1 | x_t]), "euler" (velocity step) or None (no last step; then t1 = 1 - eps).
+    Each step evaluates the model once (twice for Heun): velocity and score come from one output.
+    """
+    method = method.lower()
+    last_step = last_step.lower() if isinstance(last_step, str) else last_step
+    check_choice("SDE method", method, SDE_METHODS)
+    check_choice("diffusion form", diffusion_form, DIFFUSION_FORMS)
+    check_choice("last step", last_step, LAST_STEPS)
+    _check_steps(num_steps, 2)
+    if last_step is None:
+        last_step_size = 0.0
+    elif not 0 < last_step_size < 1:
+        raise ValueError(f"last_step_size must be in (0, 1), got {last_step_size}")
+    t0, t1 = transport.interval(sde=True, diffusion_form=diffusion_form, last_step_size=last_step_size)
+    if diffusion_form == "SBDM" and t0 == 0 and transport.path_type != "VP":
+        raise ValueError(f"the SBDM diffusion is infinite at t=0 on the {transport.path_type} path: "
+                         "set the transport's sample_eps > 0 (e.g. 1e-3)")
+    if method == "heun" and t1 >= 1:
+        raise ValueError("the Heun SDE evaluates the score at its end time t=1, where it is undefined: use a last step "
+                         "(e.g. last_step='mean') or a transport with sample_eps > 0")
+    path = transport.path
+    times = torch.linspace(t0, t1, num_steps, dtype=noise.dtype, device=noise.device)
+    dt = times[1] - times[0]
+
+    with _progress(progress, f"SDE {method}") as bar:
+        evaluate = _evaluator(denoise, transport, cond, bar)
+
+        def diffusion(x, t):
+            return path.diffusion(expand_like(t.expand(x.shape[0]), x), diffusion_form, diffusion_norm)
+
+        def drift(x, t):
+            output, t_batch = evaluate(x, t)
+            return transport.velocity(output, x, t_batch) + diffusion(x, t) * transport.score(output, x, t_batch)
+
+        x = noise
+        for t in times[:-1]:
+            dw = randn_like(x, generator) * dt.sqrt()
+            if method == "euler":
+                x = x + drift(x, t) * dt + torch.sqrt(2 * diffusion(x, t)) * dw
+            else:
+                x_hat = x + torch.sqrt(2 * diffusion(x, t)) * dw
+                k1 = drift(x_hat, t)
+                k2 = drift(x_hat + dt * k1, t + dt)
+                x = x_hat + 0.5 * dt * (k1 + k2)
+
+        end = times[-1]
+        if last_step == "mean":
+            x = x + drift(x, end) * last_step_size
+        elif last_step == "euler":
+            output, t_batch = evaluate(x, end)
+            x = x + transport.velocity(output, x, t_batch) * last_step_size
+        elif last_step == "tweedie":
+            output, t_batch = evaluate(x, end)
+            t_x = expand_like(t_batch, x)
+            alpha, sigma = path.alpha(t_x)[0], path.sigma(t_x)[0]
+            x = (x + sigma**2 * transport.score(output, x, t_batch)) / alpha
+        return x
+
+
+def log_likelihood(denoise, transport, x, *, method="dopri5", num_steps=50, atol=1e-6, rtol=1e-3, generator=None,
+                   progress=True, **cond):
+    """(log p(x) in nats per sample, z): integrate data x at t1 back to the prior at t0 with the
+    instantaneous change of variables, d log p / dt = -div v. The divergence is Hutchinson's
+    estimate eps^T (dv/dx) eps with one Rademacher probe per sample, drawn once per solve (the
+    ODE stays deterministic, so adaptive step control works). log p(x) = log N(z; 0, I) -
+    integral of div v over [t0, t1]. Divide by (numel / N) * ln 2 for bits per dimension.
+    """
+    method = _ode_solver(method)
+    _check_steps(num_steps, 1)
+    t0, t1 = transport.interval()
+    gen_device = generator.device if generator is not None else x.device
+    probe = (torch.randint(0, 2, x.shape, generator=generator, device=gen_device) * 2 - 1).to(x)
+
+    with _progress(progress, f"likelihood {method}") as bar:
+        evaluate = _evaluator(denoise, transport, cond, bar)
+
+        def dynamics(t, state):
+            x_t = state[0].detach().requires_grad_(True)
+            with torch.enable_grad():
+                output, t_batch = evaluate(x_t, t)
+                velocity = transport.velocity(output, x_t, t_batch)
+                (grad,) = torch.autograd.grad((velocity * probe).sum(), x_t)
+            return velocity.detach(), (grad * probe).flatten(1).sum(1)
+
+        with torch.no_grad():
+            z, integral = _integrate(dynamics, (x, x.new_zeros(x.shape[0])), t1, t0, method, num_steps, atol, rtol)
+    prior = -0.5 * (z.flatten(1) ** 2 + math.log(2 * math.pi)).sum(1)
+    return prior + integral, z  # integral runs t1 -> t0, so it is minus the integral over [t0, t1]

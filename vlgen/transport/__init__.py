@@ -1,0 +1,8 @@
+"""SiT stochastic interpolants: Linear / GVP / VP paths, velocity / score / noise predictions."""
+from vlgen.transport.paths import DIFFUSION_FORMS, PATHS, GVPPath, InterpolantPath, LinearPath, VPPath
+from vlgen.transport.transport import LOSS_WEIGHTS, PREDICTIONS, TIME_SAMPLINGS, Transport
+
+__all__ = [
+    "Transport", "InterpolantPath", "LinearPath", "GVPPath", "VPPath",
+    "PATHS", "PREDICTIONS", "LOSS_WEIGHTS", "TIME_SAMPLINGS", "DIFFUSION_FORMS",
+]

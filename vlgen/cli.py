@@ -60,6 +60,24 @@ def _cmd_smoke(args):
     print("smoke run OK")
 
 
+def _cmd_fid(args):
+    import json
+    import warnings
+
+    from vlgen.evaluation import evaluate
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        results = evaluate(args.generated, args.reference, args.metrics, batch_size=args.batch_size,
+                           device=args.device, inception_weights=args.inception_weights, num_workers=args.num_workers,
+                           cache_dir=args.cache_dir or "default")
+    for warning in caught:
+        print(f"vlgen fid: warning: {warning.message}", file=sys.stderr)
+    print(json.dumps(results))
+    for name, value in results.items():
+        print(f"{name:<22} {value:>14,}" if isinstance(value, int) else f"{name:<22} {value:>14.6g}")
+
+
 def build_parser():
     parser = argparse.ArgumentParser(prog="vlgen", description="VisionLLaMA diffusion transformers.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -79,6 +97,22 @@ def build_parser():
     convert.add_argument("--subfolder", default="transformer",
                          help="diffusers subfolder of the transformer ('' for none; default: transformer)")
     convert.set_defaults(func=_cmd_convert)
+
+    fid = sub.add_parser("fid", help="FID (and sFID, IS, KID, precision/recall) of generated images, ADM protocol")
+    fid.add_argument("generated", help="image folder or ADM-format .npz (uint8 NHWC arr_0)")
+    fid.add_argument("reference", nargs="?", default=None,
+                     help="reference statistics .npz (mu, sigma; e.g. VIRTUAL_imagenet256_labeled.npz), images .npz or "
+                          "folder; not needed for --metrics isc")
+    fid.add_argument("--metrics", default="fid", help="comma-separated: fid,sfid,isc,kid,prc (default fid)")
+    fid.add_argument("--batch-size", type=int, default=50)
+    fid.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    fid.add_argument("--num-workers", type=int, default=0, help="image-decoding processes for folders")
+    fid.add_argument("--inception-weights", default=None,
+                     help="local copy of torch-fidelity's weights-inception-2015-12-05-6726825d.pth (offline machines; "
+                          "or set VLGEN_INCEPTION_WEIGHTS)")
+    fid.add_argument("--cache-dir", default=None,
+                     help="where reference statistics computed from images are cached (default ~/.cache/vlgen)")
+    fid.set_defaults(func=_cmd_fid)
 
     smoke = sub.add_parser("smoke", help="a few training steps of a denoiser on random latents")
     smoke.add_argument("--model", default="DiT-LLaMA-S/2")

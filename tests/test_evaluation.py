@@ -1,0 +1,264 @@
+"""FID evaluation: Frechet distance closed forms, agreement with torch-fidelity, input routes, errors."""
+import json
+import urllib.error
+from unittest import mock
+
+import numpy as np
+import pytest
+import scipy.linalg
+import torch
+import torch_fidelity
+from PIL import Image
+
+from vlgen.cli import main
+from vlgen.evaluation import InceptionFeatures, evaluate, feature_statistics, frechet_distance, load_reference, to_uint8
+from vlgen.evaluation.images import open_images
+from vlgen.evaluation.inception import WEIGHTS_ENV, save_random_inception_weights
+
+RNG = np.random.default_rng(0)
+
+
+def random_covariance(dim, rank=None):
+    factor = RNG.standard_normal((dim, rank or dim))
+    return factor @ factor.T
+
+
+# -- Frechet distance: closed forms ---------------------------------------------------------------
+def test_identical_gaussians_have_distance_zero():
+    mu, sigma = RNG.standard_normal(6), random_covariance(6)
+    assert frechet_distance(mu, sigma, mu, sigma) == pytest.approx(0, abs=1e-9)
+
+
+def test_equal_covariances_leave_the_squared_mean_difference():
+    mu1, mu2, sigma = RNG.standard_normal(6), RNG.standard_normal(6), random_covariance(6)
+    assert frechet_distance(mu1, sigma, mu2, sigma) == pytest.approx(np.sum((mu1 - mu2) ** 2), rel=1e-9)
+
+
+def test_diagonal_covariances_sum_squared_root_differences():
+    a, b = RNG.uniform(0.1, 3, 6), RNG.uniform(0.1, 3, 6)
+    expected = np.sum((np.sqrt(a) - np.sqrt(b)) ** 2)
+    assert frechet_distance(np.zeros(6), np.diag(a), np.zeros(6), np.diag(b)) == pytest.approx(expected, rel=1e-9)
+
+
+def test_distance_is_invariant_under_a_rotation():
+    mu1, mu2, sigma1, sigma2 = RNG.standard_normal(5), RNG.standard_normal(5), random_covariance(5), random_covariance(5)
+    rotation, _ = np.linalg.qr(RNG.standard_normal((5, 5)))
+    rotated = frechet_distance(rotation @ mu1, rotation @ sigma1 @ rotation.T, rotation @ mu2, rotation @ sigma2 @ rotation.T)
+    assert rotated == pytest.approx(frechet_distance(mu1, sigma1, mu2, sigma2), rel=1e-9)
+
+
+def test_scaled_covariance_gives_one_minus_c_squared_trace():
+    sigma, c = random_covariance(5), 0.3
+    assert frechet_distance(np.zeros(5), sigma, np.zeros(5), c**2 * sigma) == pytest.approx((1 - c) ** 2 * np.trace(sigma), rel=1e-9)
+
+
+def test_singular_pair_where_scipy_sqrtm_fails():
+    a = np.array([[4.0, -2, 0], [-2, 1, 0], [0, 0, 0]])
+    b = np.array([[5.0, 3, 1], [3, 5, -1], [1, -1, 1]])
+    with np.errstate(all="ignore"), pytest.warns(scipy.linalg.LinAlgWarning):
+        assert np.isnan(scipy.linalg.sqrtm(a @ b)).any()
+    assert frechet_distance(np.zeros(3), a, np.zeros(3), b) == pytest.approx(16 - 2 * np.sqrt(13), rel=1e-9)
+
+
+def test_identical_rank_deficient_covariances_are_near_zero_never_negative():
+    for _ in range(20):
+        sigma = random_covariance(30, rank=3) * 1e3
+        distance = frechet_distance(np.ones(30), sigma, np.ones(30), sigma)
+        assert 0 <= distance < 1e-6
+
+
+def test_statistics_and_distance_reject_bad_input():
+    with pytest.raises(ValueError, match="at least 2 images"):
+        feature_statistics(np.zeros((1, 8)))
+    with pytest.raises(ValueError, match="NaN or inf"):
+        feature_statistics(np.array([[0.0, np.nan], [1.0, 2.0]]))
+    with pytest.raises(ValueError, match="statistics do not match"):
+        frechet_distance(np.zeros(4), np.eye(4), np.zeros(5), np.eye(5))
+
+
+# -- a random inception-v3-compat network, saved as a local weights file ---------------------------
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory):
+    return save_random_inception_weights(tmp_path_factory.mktemp("inception") / "random-inception.pth")
+
+
+@pytest.fixture(scope="module")
+def extractor(weights):
+    return InceptionFeatures("cpu", weights)
+
+
+def write_folder(path, images):
+    path.mkdir(parents=True, exist_ok=True)
+    for index, image in enumerate(images):
+        Image.fromarray(image).save(path / f"{index:04d}.png")
+    return path
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    root = tmp_path_factory.mktemp("images")
+    rng = np.random.default_rng(1)
+    first = rng.integers(0, 256, (12, 32, 32, 3), dtype=np.uint8)
+    second = (rng.random((12, 32, 32, 3)) * 160 + 40).astype(np.uint8)
+    return write_folder(root / "first", first), write_folder(root / "second", second), first
+
+
+def test_metrics_equal_torch_fidelity_on_the_same_folders(folders, weights, extractor):
+    first, second, _ = folders
+    ours = evaluate(first, second, "fid,isc,kid", extractor=extractor, cache_dir=None, kid_subset_size=10, progress=False)
+    theirs = torch_fidelity.calculate_metrics(
+        input1=str(first), input2=str(second), fid=True, isc=True, kid=True, kid_subset_size=10, samples_shuffle=False,
+        feature_extractor_weights_path=str(weights), cuda=False, verbose=False, cache=False, save_cpu_ram=True)
+    assert ours["fid"] > 1  # distinct sets: the comparison is not 0 == 0
+    assert ours["fid"] == pytest.approx(theirs["frechet_inception_distance"], rel=1e-6)
+    assert ours["inception_score"] == pytest.approx(theirs["inception_score_mean"], rel=1e-9)
+    assert ours["kid"] == pytest.approx(theirs["kernel_inception_distance_mean"], rel=1e-9)
+
+
+def test_folder_npz_and_memory_routes_give_identical_features(folders, tmp_path, extractor):
+    folder, _, images = folders
+    np.savez(tmp_path / "samples.npz", arr_0=images, arr_1=np.arange(len(images)))
+    # the same batch size everywhere: batched convolutions round differently for other sizes
+    from_folder = extractor.extract(open_images(folder), batch_size=5, progress=False)
+    from_npz = extractor.extract(open_images(tmp_path / "samples.npz"), batch_size=5, progress=False)
+    from_tensor = extractor.extract(open_images(torch.from_numpy(images).permute(0, 3, 1, 2)), batch_size=5,
+                                    progress=False)
+    for name in ("pool", "logits", "spatial"):
+        assert np.array_equal(from_folder[name], from_npz[name]) and np.array_equal(from_folder[name], from_tensor[name])
+
+
+def test_float_images_become_uint8_exactly_like_the_png_route(tmp_path, extractor):
+    samples = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2.4 - 1.2  # some out of [-1, 1]
+    as_uint8 = to_uint8(samples)
+    expected = torch.clamp(127.5 * samples + 128.0, 0, 255).to(torch.uint8)
+    assert torch.equal(as_uint8, expected)
+    folder = write_folder(tmp_path / "png", as_uint8.permute(0, 2, 3, 1).numpy())
+    from_png = extractor.extract(open_images(folder), batch_size=3, progress=False)
+    from_memory = extractor.extract(open_images(iter(samples.split(3))), progress=False)
+    assert np.array_equal(from_png["pool"], from_memory["pool"])
+
+
+def test_spatial_features_are_the_first_seven_mixed_6_conv_channels_in_nhwc(extractor):
+    images = (torch.rand(2, 3, 40, 40) * 255).to(torch.uint8)
+    captured = []
+    handle = extractor.network.Mixed_6d.branch1x1.register_forward_hook(lambda m, i, out: captured.append(out))
+    features = extractor(images)
+    handle.remove()
+    assert captured[0].shape == (2, 192, 17, 17)
+    expected = captured[0][:, :7].permute(0, 2, 3, 1).reshape(2, 17 * 17 * 7)
+    assert features["spatial"].shape == (2, 2023) and torch.equal(features["spatial"], expected)
+
+
+def test_adm_reference_batch_statistics_and_images(folders, tmp_path, extractor):
+    folder, second, images = folders
+    reference = load_reference(second, extractor, need_features=True, cache_dir=None, progress=False)
+    adm = tmp_path / "VIRTUAL_ref.npz"
+    np.savez(adm, mu=reference["mu"], sigma=reference["sigma"], mu_s=reference["mu_s"], sigma_s=reference["sigma_s"],
+             arr_0=np.stack([np.asarray(Image.open(p)) for p in sorted(second.iterdir())]), extra=np.zeros(3))
+    from_adm = evaluate(folder, adm, "fid,sfid,kid", extractor=extractor, cache_dir=None, kid_subset_size=10, progress=False)
+    from_folder = evaluate(folder, second, "fid,sfid,kid", extractor=extractor, cache_dir=None, kid_subset_size=10,
+                           progress=False)
+    for name in ("fid", "sfid", "kid"):
+        assert from_adm[name] == pytest.approx(from_folder[name], rel=1e-9)
+    plain = tmp_path / "plain.npz"
+    np.savez(plain, mu=reference["mu"], sigma=reference["sigma"])
+    assert evaluate(folder, plain, "fid", extractor=extractor, progress=False)["fid"] == pytest.approx(from_folder["fid"])
+    with pytest.raises(ValueError, match="statistics only"):
+        evaluate(folder, plain, "kid", extractor=extractor, progress=False)
+    with pytest.raises(ValueError, match="spatial reference statistics"):
+        evaluate(folder, plain, "sfid", extractor=extractor, progress=False)
+
+
+def test_reference_statistics_are_cached_by_source(folders, tmp_path, extractor):
+    _, second, _ = folders
+    first = load_reference(second, extractor, cache_dir=tmp_path, progress=False)
+    assert len(list(tmp_path.glob("*.npz"))) == 1
+    with mock.patch.object(extractor, "extract", side_effect=AssertionError("cache missed")):
+        cached = load_reference(second, extractor, cache_dir=tmp_path, progress=False)
+    assert np.array_equal(first["sigma"], cached["sigma"])
+    changed = tmp_path / "changed"
+    write_folder(changed, [np.asarray(Image.open(p)) for p in sorted(second.iterdir())][:-1])
+    load_reference(changed, extractor, cache_dir=tmp_path, progress=False)
+    assert len(list(tmp_path.glob("*.npz"))) == 2
+
+
+@pytest.mark.parametrize(
+    "array, message",
+    [
+        (np.zeros((3, 8, 8, 3), dtype=np.float32), "dtype float32"),
+        (np.zeros((3, 8, 8), dtype=np.uint8), "expected \\(N, H, W, 3\\)"),
+        (np.zeros((3, 8, 8, 4), dtype=np.uint8), "expected \\(N, H, W, 3\\)"),
+    ],
+)
+def test_bad_npz_images_are_clear_errors(tmp_path, array, message):
+    np.savez(tmp_path / "bad.npz", arr_0=array)
+    with pytest.raises(ValueError, match=message):
+        open_images(tmp_path / "bad.npz")
+
+
+def test_bad_inputs_are_clear_errors(tmp_path, extractor):
+    np.savez(tmp_path / "one.npz", arr_0=np.zeros((1, 8, 8, 3), dtype=np.uint8))
+    with pytest.raises(ValueError, match="at least 2 generated images"):
+        evaluate(tmp_path / "one.npz", metrics="isc", extractor=extractor, progress=False)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        open_images(tmp_path / "missing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="no images"):
+        open_images(tmp_path / "empty")
+    np.savez(tmp_path / "stats.npz", mu=np.zeros(10), sigma=np.eye(10))
+    np.savez(tmp_path / "two.npz", arr_0=np.zeros((2, 8, 8, 3), dtype=np.uint8) + np.arange(2).reshape(2, 1, 1, 1).astype(np.uint8))
+    with pytest.raises(ValueError, match="statistics do not match"):
+        evaluate(tmp_path / "two.npz", tmp_path / "stats.npz", extractor=extractor, progress=False)
+    with pytest.raises(ValueError, match="unknown metrics"):
+        evaluate(tmp_path / "two.npz", metrics="fid,lpips", extractor=extractor, progress=False)
+    with pytest.raises(ValueError, match="compare against a reference"):
+        evaluate(tmp_path / "two.npz", metrics="fid", extractor=extractor, progress=False)
+
+
+def test_nan_features_are_a_clear_error(folders, extractor):
+    folder, second, _ = folders
+    nan = {"pool": np.full((3, 2048), np.nan, dtype=np.float32)}
+    with mock.patch.object(extractor, "extract", return_value={**nan, "logits": nan["pool"], "spatial": nan["pool"]}):
+        with pytest.raises(ValueError, match="NaN or inf"):
+            evaluate(folder, second, extractor=extractor, cache_dir=None, progress=False)
+
+
+def test_small_sets_and_jpeg_inputs_warn(tmp_path, folders, extractor):
+    _, second, images = folders
+    for index, image in enumerate(images[:3]):
+        Image.fromarray(image).save(tmp_path / f"{index}.jpg")
+    with pytest.warns(UserWarning, match="biased upward below 50,000"), pytest.warns(UserWarning, match="JPEG"):
+        evaluate(tmp_path, second, extractor=extractor, cache_dir=None, progress=False)
+
+
+def test_offline_without_weights_names_the_file_and_where_it_goes(tmp_path, monkeypatch):
+    monkeypatch.delenv(WEIGHTS_ENV, raising=False)
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
+    with mock.patch("torch_fidelity.feature_extractor_inceptionv3.load_state_dict_from_url",
+                    side_effect=urllib.error.URLError("no network")):
+        with pytest.raises(FileNotFoundError) as error:
+            InceptionFeatures("cpu")
+    message = str(error.value)
+    assert "weights-inception-2015-12-05-6726825d.pth" in message and str(tmp_path / "checkpoints") in message
+    assert "--inception-weights" in message
+
+
+def test_weights_from_the_environment_and_unsafe_files_refused(tmp_path, monkeypatch, weights):
+    monkeypatch.setenv(WEIGHTS_ENV, str(weights))
+    assert InceptionFeatures("cpu").weights_id.startswith(str(weights.resolve()))
+    pickled = tmp_path / "object.pth"
+    torch.save({"model": mock.sentinel.__class__}, pickled)  # a class reference: not a plain state dict
+    monkeypatch.setenv(WEIGHTS_ENV, str(pickled))
+    with pytest.raises(ValueError, match="refusing to unpickle"):
+        InceptionFeatures("cpu")
+
+
+def test_cli_prints_a_json_line_and_a_table(folders, weights, capsys):
+    folder, second, _ = folders
+    code = main(["fid", str(folder), str(second), "--metrics", "fid,isc", "--inception-weights", str(weights),
+                 "--batch-size", "6", "--cache-dir", str(folder.parent / "cache")])
+    out = capsys.readouterr()
+    assert code == 0
+    results = json.loads(out.out.splitlines()[0])
+    assert set(results) == {"num_images", "fid", "inception_score", "inception_score_std"} and results["num_images"] == 12
+    assert "fid" in out.out.splitlines()[2] and "biased upward" in out.err

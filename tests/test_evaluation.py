@@ -16,6 +16,8 @@ from vlgen.evaluation.images import open_images
 from vlgen.evaluation.inception import WEIGHTS_ENV, save_random_inception_weights
 
 RNG = np.random.default_rng(0)
+# The small test sets draw the "fewer than 50,000 images" warning on purpose; one test checks it.
+pytestmark = pytest.mark.filterwarnings("ignore:.*biased upward:UserWarning")
 
 
 def random_covariance(dim, rank=None):

@@ -33,9 +33,7 @@ class ImageFolder:
         self.count = len(self.files)
 
     def batches(self, batch_size, num_workers=0):
-        loader = DataLoader(ImagesPathDataset(self.files), batch_size=batch_size, num_workers=num_workers)
-        for batch in loader:
-            yield batch
+        yield from DataLoader(ImagesPathDataset(self.files), batch_size=batch_size, num_workers=num_workers)
 
 
 class NpzImages:

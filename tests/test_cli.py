@@ -29,3 +29,44 @@ def test_unknown_model_is_a_clear_error():
     result = run("smoke", "--model", "DiT-LLaMA-XXL/2")
     assert result.returncode == 2
     assert "unknown model 'DiT-LLaMA-XXL/2'" in result.stderr
+
+
+TINY_RUN = ["--set", "model.hidden_size=32", "--set", "model.depth=1", "--set", "model.num_heads=2",
+            "--set", "data.resolution=16", "--set", "data.num_workers=0", "--set", "train.global_batch_size=4",
+            "--set", "train.max_steps=2", "--set", "logging.sample_every=2", "--set", "logging.sample_steps=2",
+            "--set", "logging.tracker=null"]
+
+
+def test_train_then_export(tmp_path):
+    result = run("train", *TINY_RUN, "--set", f"logging.output_dir={tmp_path / 'run'}")
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "run" / "samples" / "step-0000002.png").is_file()
+    checkpoint = tmp_path / "run" / "checkpoints" / "step-0000002"
+    result = run("export", str(checkpoint), "--out", str(tmp_path / "pipe"))
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "pipe" / "transformer" / "config.json").is_file()
+    result = run("export", str(checkpoint), "--out", str(tmp_path / "pipe"))
+    assert result.returncode == 2 and "pass --overwrite" in result.stderr
+
+
+def test_train_config_errors_exit_2_naming_the_key(tmp_path):
+    result = run("train", "--set", "train.lrr=1")
+    assert result.returncode == 2 and "unknown config key train.lrr" in result.stderr
+    result = subprocess.run([sys.executable, "-m", "vlgen.train", "--config", str(tmp_path / "none.yaml")],
+                            capture_output=True, text=True)
+    assert result.returncode == 2 and "none.yaml not found" in result.stderr
+
+
+def test_extract_latents_command(tmp_path):
+    from test_training_data import _image_folder, tiny_vae
+
+    tiny_vae(tmp_path / "vae")
+    root = _image_folder(tmp_path / "data", per_class=1)
+    result = subprocess.run([sys.executable, "-m", "vlgen", "extract-latents", str(root), "--out",
+                             str(tmp_path / "latents"), "--vae", str(tmp_path / "vae"), "--resolution", "16",
+                             "--num-workers", "0"], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "3 images -> latents (4, 8, 8)" in result.stdout
+    result = run("extract-latents", str(tmp_path / "missing"), "--out", str(tmp_path / "x"), "--vae",
+                 str(tmp_path / "vae"))
+    assert result.returncode == 2 and "missing does not exist" in result.stderr

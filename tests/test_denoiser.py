@@ -104,6 +104,17 @@ def test_label_dropout_uses_the_null_class_in_training():
     assert torch.equal(model(x, t, torch.tensor([3, 4])), model(x, t, null))
 
 
+def test_a_label_drop_mask_drops_exactly_those_labels():
+    model = tiny_model().train()  # class_dropout_prob 0.1: random drops unless a mask is given
+    x, t, y = torch.randn(3, 4, 16, 16), torch.tensor([1, 2, 3]), torch.tensor([3, 4, 5])
+    mask = torch.tensor([True, False, True])
+    expected = model.eval()(x, t, torch.tensor([model.null_class_id, 4, model.null_class_id]))
+    assert torch.equal(model.train()(x, t, y, drop_labels=mask), expected)
+    assert torch.equal(model(x, t, y, drop_labels=torch.zeros(3, dtype=torch.bool)), model.eval()(x, t, y))
+    with pytest.raises(ValueError, match="needs a null class"):
+        tiny_model(class_dropout_prob=0.0)(x, t, y, drop_labels=mask)
+
+
 @pytest.mark.parametrize(
     "x_shape, labels, message",
     [

@@ -18,10 +18,12 @@ LAYERS = {
     "vlgen.training": 3,
     "sampling": 3,
     "pipelines": 4,
-    "vlgen.cli": 5,
     "vlgen.train": 5,
     "vlgen.sample": 5,
     "vlgen.demo": 5,
+    "vlgen.export": 5,
+    "vlgen.cli": 6,  # the `vlgen` command dispatches to the entry modules above
+    "vlgen.__main__": 7,
 }
 
 

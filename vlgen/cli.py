@@ -4,6 +4,10 @@ import sys
 import time
 
 
+# Errors that come from the user's input or data: reported in one line, exit status 2.
+USER_ERRORS = (ValueError, OSError, FloatingPointError)
+
+
 def _cmd_models(args):
     import torch
 
@@ -78,6 +82,31 @@ def _cmd_fid(args):
         print(f"{name:<22} {value:>14,}" if isinstance(value, int) else f"{name:<22} {value:>14.6g}")
 
 
+def _cmd_train(args):
+    from vlgen.train import run_training
+
+    run_training(args)
+
+
+def _cmd_extract_latents(args):
+    from accelerate import Accelerator
+
+    from vlgen.training.latents import extract_latents
+
+    meta = extract_latents(Accelerator(), args.data, args.vae, args.out, resolution=args.resolution,
+                           batch_size=args.batch_size, flip=args.flip, dtype=args.dtype, num_workers=args.num_workers,
+                           vae_subfolder=args.vae_subfolder or None, skip_bad=args.skip_bad)
+    print(f"wrote {args.out}: {meta['count']:,} images -> latents {tuple(meta['latent_shape'])} "
+          f"(scaling {meta['scaling_factor']}, mirror images {'on' if meta['flip'] else 'off'})")
+
+
+def _cmd_export(args):
+    from vlgen.export import export_checkpoint
+
+    out = export_checkpoint(args.checkpoint, args.out, overwrite=args.overwrite)
+    print(f"wrote {out}: EMA weights of {args.checkpoint}")
+
+
 def build_parser():
     parser = argparse.ArgumentParser(prog="vlgen", description="VisionLLaMA diffusion transformers.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -114,6 +143,34 @@ def build_parser():
                      help="where reference statistics computed from images are cached (default ~/.cache/vlgen)")
     fid.set_defaults(func=_cmd_fid)
 
+    train = sub.add_parser("train", help="train a denoiser in one process (several: accelerate launch -m vlgen.train)")
+    from vlgen.train import add_arguments
+
+    add_arguments(train)
+    train.set_defaults(func=_cmd_train)
+
+    latents = sub.add_parser("extract-latents", help="encode an image folder once with a VAE, for training on latents "
+                                                     "(sharded over processes under accelerate launch -m vlgen)")
+    latents.add_argument("data", help="image folder: DATA/<class name>/<image>")
+    latents.add_argument("--out", required=True, help="new directory for the latent shards and meta.json")
+    latents.add_argument("--vae", default="stabilityai/sd-vae-ft-ema", help="AutoencoderKL hub id or local directory")
+    latents.add_argument("--vae-subfolder", default="", help="subfolder of the VAE in that repository (e.g. vae)")
+    latents.add_argument("--resolution", type=int, default=256, help="ADM centre-crop size in pixels (default 256)")
+    latents.add_argument("--batch-size", type=int, default=32, help="images per encoder batch and process")
+    latents.add_argument("--no-flip", dest="flip", action="store_false",
+                         help="do not also encode mirror images (then train with data.random_flip=false)")
+    latents.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"],
+                         help="storage precision of the latents (float16 halves the disk space)")
+    latents.add_argument("--num-workers", type=int, default=4, help="image-decoding processes")
+    latents.add_argument("--skip-bad", action="store_true", help="skip unreadable images instead of failing")
+    latents.set_defaults(func=_cmd_extract_latents)
+
+    export = sub.add_parser("export", help="write a training checkpoint's EMA model as a pipeline directory")
+    export.add_argument("checkpoint", help="a checkpoint directory: OUTPUT/checkpoints/step-XXXXXXX")
+    export.add_argument("--out", required=True, help="pipeline directory to write")
+    export.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    export.set_defaults(func=_cmd_export)
+
     smoke = sub.add_parser("smoke", help="a few training steps of a denoiser on random latents")
     smoke.add_argument("--model", default="DiT-LLaMA-S/2")
     smoke.add_argument("--steps", type=int, default=3)
@@ -132,7 +189,7 @@ def main(argv=None):
     keep_freed_memory()
     try:
         args.func(args)
-    except (ValueError, FileNotFoundError) as error:
+    except USER_ERRORS as error:
         print(f"vlgen {args.command}: error: {error}", file=sys.stderr)
         return 2
     return 0

@@ -142,7 +142,10 @@ class VisionLLaMADenoiser(ModelMixin, ConfigMixin):
         x = tokens.reshape(n, grid_h, grid_w, p, p, channels).permute(0, 5, 1, 3, 2, 4)
         return x.reshape(n, channels, grid_h * p, grid_w * p)
 
-    def forward(self, x, t, y):
+    def forward(self, x, t, y, drop_labels=None):
+        """drop_labels: None drops labels at class_dropout_prob in training mode (as DiT); a (N,)
+        bool mask replaces exactly those labels by the null class, so a trainer can draw the
+        dropout itself (reproducible across process counts)."""
         self._check_inputs(x, y)
         n, _, height, width = x.shape
         grid_h, grid_w = height // self.config.patch_size, width // self.config.patch_size
@@ -155,7 +158,8 @@ class VisionLLaMADenoiser(ModelMixin, ConfigMixin):
             tokens = tokens + self._pos_embed(grid_h, grid_w, x.device).to(tokens.dtype)
         else:
             rope = self.rope(grid_h, grid_w, x.device)  # (T, head_dim) cos and sin
-        c = self.t_embedder(t) + self.y_embedder(y, drop_labels=self.training)  # (N, D)
+        drop = self.training if drop_labels is None else drop_labels
+        c = self.t_embedder(t) + self.y_embedder(y, drop_labels=drop)  # (N, D)
         c_act = F.silu(c)
         for block in self.blocks:
             if self.gradient_checkpointing and torch.is_grad_enabled():

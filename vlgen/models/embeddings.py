@@ -47,6 +47,12 @@ class LabelEmbedder(nn.Module):
         self.table = nn.Embedding(num_classes + int(dropout_prob > 0), hidden_size)
 
     def forward(self, labels, drop_labels):
+        """drop_labels: True draws the dropped labels at random (training), False keeps them all,
+        or a (N,) bool mask names exactly which labels become the null class."""
+        if isinstance(drop_labels, torch.Tensor):
+            if self.dropout_prob == 0:
+                raise ValueError("a label-drop mask needs a null class: this model has class_dropout_prob=0")
+            return self.table(torch.where(drop_labels, self.num_classes, labels))
         if drop_labels and self.dropout_prob > 0:
             dropped = torch.rand(labels.shape[0], device=labels.device) < self.dropout_prob
             labels = torch.where(dropped, self.num_classes, labels)

@@ -1,0 +1,121 @@
+"""Training checkpoints: one directory per step, written atomically.
+
+    OUTPUT/checkpoints/step-0001000/
+        ema/                 the EMA denoiser (save_pretrained: config.json + safetensors)
+        model.safetensors    the trained weights
+        optimizer.pt         optimizer state (tensors only: loaded with weights_only=True)
+        state.pt             step, LR-scheduler and fp16 grad-scaler state
+        rng-<process>.pt     each process's torch RNG states
+        config.yaml          the resolved training config
+        data.json            what the data was: classes, channels, size, latent VAE
+
+Everything is written into a hidden temporary directory that is renamed into place at the end:
+a crash mid-save leaves the previous checkpoints as they were, and a checkpoint directory that
+exists is complete.
+"""
+import json
+import re
+import shutil
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_model, save_model
+
+from vlgen.training.config import save_config
+
+NAME = re.compile(r"^step-(\d{7,})$")
+
+
+def checkpoint_dir(output_dir, step):
+    return Path(output_dir) / "checkpoints" / f"step-{step:07d}"
+
+
+def list_checkpoints(output_dir):
+    """Complete checkpoints of a run, oldest first."""
+    root = Path(output_dir) / "checkpoints"
+    if not root.is_dir():
+        return []
+    found = [(int(m.group(1)), path) for path in root.iterdir() if path.is_dir() and (m := NAME.match(path.name))]
+    return [path for _, path in sorted(found)]
+
+
+def latest_checkpoint(output_dir):
+    found = list_checkpoints(output_dir)
+    return found[-1] if found else None
+
+
+def _load_tensors(path):
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def _rng_state():
+    state = {"cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def save_checkpoint(accelerator, directory, *, model, ema, optimizer, scheduler, step, config, data_info):
+    """Write a checkpoint atomically; every process must call it (each saves its RNG state)."""
+    directory = Path(directory)
+    temporary = directory.parent / f".{directory.name}.tmp"
+    if accelerator.is_main_process:
+        shutil.rmtree(temporary, ignore_errors=True)  # left by an earlier crash
+        temporary.mkdir(parents=True)
+    accelerator.wait_for_everyone()
+    torch.save(_rng_state(), temporary / f"rng-{accelerator.process_index}.pt")
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        ema.save_pretrained(temporary / "ema")
+        save_model(accelerator.unwrap_model(model), str(temporary / "model.safetensors"))
+        torch.save(optimizer.state_dict(), temporary / "optimizer.pt")
+        scaler = accelerator.scaler.state_dict() if accelerator.scaler is not None else None
+        torch.save({"step": step, "scheduler": scheduler.state_dict(), "scaler": scaler}, temporary / "state.pt")
+        save_config(config, temporary / "config.yaml")
+        (temporary / "data.json").write_text(json.dumps(data_info, indent=2))
+        if directory.exists():  # the same step saved again (e.g. after a resume): replace it
+            stale = directory.parent / f".{directory.name}.old"
+            shutil.rmtree(stale, ignore_errors=True)
+            directory.rename(stale)
+            temporary.rename(directory)
+            shutil.rmtree(stale)
+        else:
+            temporary.rename(directory)
+    accelerator.wait_for_everyone()
+
+
+def read_checkpoint_config(directory):
+    """The resolved config dict a checkpoint was trained with."""
+    import yaml
+
+    path = Path(directory) / "config.yaml"
+    if not path.is_file():
+        raise FileNotFoundError(f"{directory} is not a training checkpoint (no config.yaml)")
+    return yaml.safe_load(path.read_text())
+
+
+def read_data_info(directory):
+    return json.loads((Path(directory) / "data.json").read_text())
+
+
+def load_checkpoint(accelerator, directory, *, model, ema, optimizer, scheduler):
+    """Restore a checkpoint written by save_checkpoint into the given objects; returns its step."""
+    directory = Path(directory)
+    for name in ("model.safetensors", "optimizer.pt", "state.pt", "ema"):
+        if not (directory / name).exists():
+            raise FileNotFoundError(f"{directory} is not a complete training checkpoint (no {name})")
+    load_model(accelerator.unwrap_model(model), str(directory / "model.safetensors"), device=str(accelerator.device))
+    ema_weights = type(ema).from_pretrained(directory / "ema").state_dict()
+    ema.load_state_dict(ema_weights)
+    optimizer.load_state_dict(_load_tensors(directory / "optimizer.pt"))
+    state = _load_tensors(directory / "state.pt")
+    scheduler.load_state_dict(state["scheduler"])
+    if accelerator.scaler is not None and state["scaler"] is not None:
+        accelerator.scaler.load_state_dict(state["scaler"])
+    rng_file = directory / f"rng-{accelerator.process_index}.pt"
+    if rng_file.is_file():  # absent when resuming with more processes than saved
+        rng = _load_tensors(rng_file)
+        torch.set_rng_state(rng["cpu"])
+        if "cuda" in rng and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(rng["cuda"])
+    return int(state["step"])

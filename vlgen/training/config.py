@@ -1,0 +1,199 @@
+"""Training configuration: typed dataclasses loaded from YAML, with dotted overrides.
+
+A YAML file has the sections model, objective, data, train and logging; `base: other.yaml`
+(relative to the file) starts from another file. Unknown keys and wrong types are errors naming
+the key. The defaults are a small run on the built-in `shapes` dataset.
+"""
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+
+@dataclass
+class ModelConfig:
+    name: str = "SiT-LLaMA-S/4"  # a registered size (`vlgen models`)
+    hidden_size: int | None = 128  # None: the named size's width, depth and heads
+    depth: int | None = 4
+    num_heads: int | None = 4
+    class_dropout_prob: float = 0.1  # labels dropped to the null class, for classifier-free guidance
+    gradient_checkpointing: bool = False
+
+
+@dataclass
+class ObjectiveConfig:
+    kind: str = "flow"  # "ddpm" (DiT's Gaussian diffusion) or "flow" (SiT's interpolants)
+    prediction: str | None = None  # None: "eps" for ddpm, "velocity" for flow
+    noise_schedule: str = "linear"  # ddpm
+    diffusion_steps: int = 1000  # ddpm
+    path: str = "Linear"  # flow: Linear, GVP or VP
+    loss_weight: str | None = None  # flow, score/noise predictions: velocity or likelihood
+    train_eps: float | None = None  # flow: None takes SiT's defaults
+    sample_eps: float | None = None
+    time_sampling: str = "uniform"  # flow: uniform or logit-normal
+    logit_mean: float = 0.0
+    logit_std: float = 1.0
+
+
+@dataclass
+class DataConfig:
+    kind: str = "shapes"  # "shapes" (built in), "images" (class folders) or "latents" (vlgen extract-latents)
+    path: str | None = None  # images / latents directory
+    resolution: int = 32  # image side in pixels (shapes, images); latents carry their own
+    num_samples: int = 10000  # shapes: dataset length
+    random_flip: bool = True  # horizontal flip with probability 1/2
+    skip_bad: bool = False  # images: skip (and count) unreadable files instead of failing
+    num_workers: int = 2  # DataLoader processes per training process
+
+
+@dataclass
+class TrainConfig:
+    global_batch_size: int = 32  # summed over processes
+    max_steps: int = 2000
+    lr: float = 3e-4
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.999)
+    warmup_steps: int = 0  # linear learning-rate warm-up, then constant
+    grad_clip: float | None = None  # max gradient norm
+    ema_decay: float = 0.999
+    mixed_precision: str = "no"  # no, bf16 or fp16 (fp16 needs a GPU)
+    seed: int = 0
+
+
+@dataclass
+class LoggingConfig:
+    output_dir: str = "runs/shapes"
+    log_every: int = 50  # steps between loss / throughput records
+    checkpoint_every: int = 500  # plus one at the end
+    sample_every: int = 500  # sample-grid PNGs from the EMA model; 0 disables them
+    sample_steps: int = 50  # sampler steps for the grid
+    sample_guidance_scale: float = 4.0
+    tracker: str | None = "tensorboard"  # accelerate tracker, or None
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+
+    def to_dict(self):
+        return dataclasses.asdict(self)
+
+
+def _type_name(annotation):
+    return getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")
+
+
+def _coerce(value, annotation, key):
+    """value as the annotated type, or a ValueError naming the key."""
+    options = typing.get_args(annotation) if isinstance(annotation, types.UnionType) else (annotation,)
+    if value is None:
+        if type(None) in options:
+            return None
+        raise ValueError(f"config key {key}: null is not allowed, expected {_type_name(annotation)}")
+    for option in options:
+        if option is bool and isinstance(value, bool):
+            return value
+        if option is int and isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if option is float and not isinstance(value, bool):
+            if isinstance(value, (int, float)):
+                return float(value)
+            if isinstance(value, str):  # YAML reads 1e-4 (no dot) as a string
+                try:
+                    return float(value)
+                except ValueError:
+                    pass
+        if option is str and isinstance(value, str):
+            return value
+        if typing.get_origin(option) is tuple and isinstance(value, (list, tuple)):
+            items = typing.get_args(option)
+            if len(value) == len(items):
+                return tuple(_coerce(v, t, f"{key}[{i}]") for i, (v, t) in enumerate(zip(value, items)))
+    raise ValueError(f"config key {key}: expected {_type_name(annotation)}, got {value!r}")
+
+
+def _build(cls, values, prefix):
+    if not isinstance(values, dict):
+        raise ValueError(f"config section {prefix.rstrip('.') or 'top level'}: expected a mapping, got {values!r}")
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"unknown config key {prefix}{unknown[0]}; {cls.__name__} has: {', '.join(sorted(known))}")
+    kwargs = {}
+    for name, value in values.items():
+        key = prefix + name
+        if dataclasses.is_dataclass(hints[name]):
+            kwargs[name] = _build(hints[name], value, key + ".")
+        else:
+            kwargs[name] = _coerce(value, hints[name], key)
+    return cls(**kwargs)
+
+
+def _merge(base, update):
+    merged = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _read_yaml(path, seen=()):
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file {path} not found")
+    if path.resolve() in seen:
+        raise ValueError(f"config file {path} includes itself through 'base'")
+    values = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(values, dict):
+        raise ValueError(f"config file {path}: expected a mapping of sections, got {type(values).__name__}")
+    base = values.pop("base", None)
+    if base is None:
+        return values
+    return _merge(_read_yaml(path.parent / base, (*seen, path.resolve())), values)
+
+
+def parse_override(text):
+    """'train.lr=2e-4' -> {'train': {'lr': 2e-4}} (the value is read as YAML)."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise ValueError(f"override {text!r} is not of the form section.key=value (e.g. train.lr=2e-4)")
+    nested = yaml.safe_load(raw) if raw.strip() else None
+    for part in reversed(key.strip().split(".")):
+        nested = {part: nested}
+    return nested
+
+
+def load_config(path=None, overrides=()):
+    """Config from an optional YAML file plus dotted overrides ('section.key=value', applied in
+    order). Missing keys keep their defaults."""
+    values = _read_yaml(path) if path is not None else {}
+    for text in overrides:
+        values = _merge(values, parse_override(text))
+    return config_from_dict(values)
+
+
+def config_from_dict(values):
+    return _build(Config, values, "")
+
+
+def save_config(config, path):
+    Path(path).write_text(yaml.safe_dump(_plain(config.to_dict()), sort_keys=False))
+
+
+def _plain(value):
+    """Tuples as lists, so the YAML is plain and loads back with safe_load."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value

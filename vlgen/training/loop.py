@@ -1,0 +1,219 @@
+"""The training loop: accelerate (one CPU to many GPUs), EMA, logging, atomic checkpoints, resume."""
+import json
+import time
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from tqdm.auto import tqdm
+
+from vlgen.training.batches import GlobalBatches, ProcessBatches, local_slice, step_generator
+from vlgen.training.build import build_dataset, build_model, build_objective, check_config, data_info
+from vlgen.training.checkpoint import (checkpoint_dir, latest_checkpoint, load_checkpoint, read_checkpoint_config,
+                                       read_data_info, save_checkpoint)
+from vlgen.training.config import Config, save_config
+from vlgen.training.ema import create_ema, update_ema
+
+# Settings that may differ between a checkpoint and the run resuming it.
+RESUME_MAY_CHANGE = {"train.max_steps", "train.mixed_precision", "model.gradient_checkpointing", "data.num_workers",
+                     "data.skip_bad", "logging"}
+METRICS_FILE = "metrics.jsonl"
+
+
+def _flatten(values, prefix=""):
+    flat = {}
+    for key, value in values.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[prefix + key] = value
+    return flat
+
+
+def _check_resumable(saved, current, directory):
+    """Differences between the checkpoint's config and this run's that would change the training."""
+    def frozen(key):
+        return key not in RESUME_MAY_CHANGE and key.split(".")[0] not in RESUME_MAY_CHANGE
+
+    saved, current = _flatten(saved), _flatten(current)
+    differ = [key for key in sorted(set(saved) | set(current))
+              if frozen(key) and _plain(saved.get(key)) != _plain(current.get(key))]
+    if differ:
+        details = "; ".join(f"{key}: {saved.get(key)!r} there, {current.get(key)!r} here" for key in differ)
+        raise ValueError(f"checkpoint {directory} was trained with another config ({details}); resume it with "
+                         f"its own config (its config.yaml) or start a new logging.output_dir")
+
+
+def _plain(value):
+    return list(value) if isinstance(value, tuple) else value
+
+
+def resolve_resume(resume, output_dir):
+    """None, 'latest' (the newest checkpoint of output_dir, or None when there is none yet) or a path."""
+    if resume is None:
+        return None
+    if resume == "latest":
+        return latest_checkpoint(output_dir)
+    path = Path(resume)
+    if not path.is_dir():
+        raise FileNotFoundError(f"resume checkpoint {path} does not exist")
+    return path
+
+
+def _learning_rate_factor(warmup_steps):
+    return lambda step: min(1.0, (step + 1) / warmup_steps) if warmup_steps else 1.0
+
+
+def _trim_metrics(path, step):
+    """Drop records after `step` (written by a run that died after its last checkpoint)."""
+    if path.is_file():
+        lines = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
+        path.write_text("".join(line + "\n" for line in lines))
+
+
+class Run:
+    """The objects of one training run, built from a Config on an Accelerator."""
+
+    def __init__(self, config: Config, accelerator):
+        check_config(config)
+        self.config, self.accelerator = config, accelerator
+        self.dataset = build_dataset(config.data, config.train.seed)
+        self.data_info = data_info(self.dataset)
+        torch.manual_seed(config.train.seed)  # the same initial weights in every process
+        model = build_model(config.model, self.data_info)
+        self.objective = build_objective(config.objective, model)
+        self.ema = create_ema(model).to(accelerator.device)
+        train = config.train
+        optimizer = torch.optim.AdamW(model.parameters(), lr=train.lr, betas=train.betas,
+                                      weight_decay=train.weight_decay)
+        # Not prepared by accelerate: it would step the schedule once per process.
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _learning_rate_factor(train.warmup_steps))
+        self.model, self.optimizer = accelerator.prepare(model, optimizer)
+        self.step = 0
+
+    def save(self):
+        cfg = self.config
+        save_checkpoint(self.accelerator, checkpoint_dir(cfg.logging.output_dir, self.step), model=self.model,
+                        ema=self.ema, optimizer=self.optimizer, scheduler=self.scheduler, step=self.step, config=cfg,
+                        data_info=self.data_info)
+
+    def resume(self, directory):
+        _check_resumable(read_checkpoint_config(directory), self.config.to_dict(), directory)
+        saved_data = read_data_info(directory)
+        if saved_data != self.data_info:
+            raise ValueError(f"checkpoint {directory} was trained on other data ({saved_data}) than data.path gives "
+                             f"now ({self.data_info})")
+        self.step = load_checkpoint(self.accelerator, directory, model=self.model, ema=self.ema,
+                                    optimizer=self.optimizer, scheduler=self.scheduler)
+
+    def loader(self):
+        cfg, acc = self.config, self.accelerator
+        plan = GlobalBatches(len(self.dataset), cfg.train.global_batch_size, cfg.train.seed, cfg.data.random_flip)
+        batches = ProcessBatches(plan, self.step, cfg.train.max_steps, acc.process_index, acc.num_processes)
+        return torch.utils.data.DataLoader(self.dataset, batch_sampler=batches, num_workers=cfg.data.num_workers,
+                                           pin_memory=acc.device.type == "cuda")
+
+    def train_step(self, batch):
+        """One optimisation step on this process's slice; returns the (device) loss."""
+        cfg, acc = self.config, self.accelerator
+        device, n_global = acc.device, cfg.train.global_batch_size
+        x = batch["x"].to(device, non_blocking=True)
+        y = batch["y"].to(device, non_blocking=True)
+        generator = step_generator(cfg.train.seed, self.step, device)
+        shape = (n_global, *x.shape[1 + self.dataset.posterior:])
+
+        def share(tensor):
+            return local_slice(tensor, acc.process_index, acc.num_processes)
+
+        t = share(self.objective.times(n_global, device, generator))
+        noise = share(torch.randn(shape, device=device, generator=generator))
+        drop = share(torch.rand(n_global, device=device, generator=generator) < cfg.model.class_dropout_prob)
+        if self.dataset.posterior:  # latents: a fresh draw from the VAE posterior, as DiT encodes per step
+            x = x[:, 0] + x[:, 1] * share(torch.randn(shape, device=device, generator=generator))
+        loss = self.objective.loss(self.model, x, t, noise, y=y, drop_labels=drop).mean()
+        acc.backward(loss)
+        if cfg.train.grad_clip is not None:
+            acc.clip_grad_norm_(self.model.parameters(), cfg.train.grad_clip)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        update_ema(self.ema, acc.unwrap_model(self.model), cfg.train.ema_decay)
+        self.step += 1
+        return loss.detach()
+
+
+def _first_bad_step(accelerator, first_bad):
+    """The earliest step with a non-finite loss on any process, or None."""
+    steps = accelerator.gather(first_bad.reshape(1))
+    steps = steps[steps > 0]
+    return int(steps.min()) if steps.numel() else None
+
+
+def train(config: Config, *, resume=None, on_sample=None):
+    """Train as configured. resume: None, 'latest' or a checkpoint directory. on_sample(run) is
+    called on every process every logging.sample_every steps and at the end (sample grids).
+    Returns the Run."""
+    log = config.logging
+    accelerator = Accelerator(mixed_precision=config.train.mixed_precision, log_with=log.tracker,
+                              project_dir=log.output_dir)
+    run = Run(config, accelerator)
+    output = Path(log.output_dir)
+    start = resolve_resume(resume, output)
+    if start is not None:
+        run.resume(start)
+    metrics_path = output / METRICS_FILE
+    if accelerator.is_main_process:
+        output.mkdir(parents=True, exist_ok=True)
+        save_config(config, output / "config.yaml")
+        _trim_metrics(metrics_path, run.step)
+    if log.tracker is not None:
+        hparams = {k: v if isinstance(v, (int, float, str, bool)) else str(v)
+                   for k, v in _flatten(config.to_dict()).items()}
+        accelerator.init_trackers("train", config=hparams)
+
+    max_steps = config.train.max_steps
+    bar = tqdm(total=max_steps, initial=run.step, desc="train", disable=not accelerator.is_main_process)
+    device = accelerator.device
+    loss_sum, window_steps = torch.zeros((), device=device), 0
+    first_bad = torch.zeros((), dtype=torch.long, device=device)  # 1-based step of the first non-finite loss
+    skipped_total, window_start = 0, time.perf_counter()
+    for batch in run.loader():
+        loss = run.train_step(batch)
+        # Bookkeeping stays on the device: no host sync until a log or checkpoint step.
+        loss_sum += loss
+        first_bad = torch.where((first_bad == 0) & ~torch.isfinite(loss), run.step, first_bad)
+        skipped_total += int(batch["skipped"].sum()) if "skipped" in batch else 0
+        window_steps += 1
+        bar.update(1)
+        at_end = run.step == max_steps
+        logging_now = run.step % log.log_every == 0 or at_end
+        saving_now = run.step % log.checkpoint_every == 0 or at_end
+        if not (logging_now or saving_now):
+            continue
+        bad = _first_bad_step(accelerator, first_bad)
+        if bad is not None:
+            last = latest_checkpoint(output)
+            raise FloatingPointError(f"non-finite loss at step {bad}; training stopped, the last good checkpoint "
+                                     f"is {last or 'none (no checkpoint was written yet)'}")
+        if logging_now:
+            mean_loss = accelerator.reduce(loss_sum, reduction="mean").item() / window_steps
+            elapsed = time.perf_counter() - window_start
+            record = {"step": run.step, "loss": mean_loss, "lr": run.scheduler.get_last_lr()[0],
+                      "images_per_s": window_steps * config.train.global_batch_size / elapsed,
+                      "skipped_images": skipped_total}
+            accelerator.log({k: v for k, v in record.items() if k != "step"}, step=run.step)
+            if accelerator.is_main_process:
+                with metrics_path.open("a") as f:
+                    f.write(json.dumps(record) + "\n")
+            bar.set_postfix(loss=f"{mean_loss:.4f}", img_s=f"{record['images_per_s']:.1f}")
+            loss_sum.zero_()
+            window_steps, window_start = 0, time.perf_counter()
+        paused = time.perf_counter()  # saving and sampling do not count against throughput
+        if saving_now:
+            run.save()
+        if on_sample is not None and log.sample_every and (run.step % log.sample_every == 0 or at_end):
+            on_sample(run)
+        window_start += time.perf_counter() - paused
+    bar.close()
+    accelerator.end_training()
+    return run

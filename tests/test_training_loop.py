@@ -191,7 +191,7 @@ def test_training_on_images_with_a_corrupt_file(tmp_path):
         train(tiny_config(tmp_path / "lenient", "train.max_steps=6", "data.skip_bad=true", *images), resume="latest")
 
 
-def test_latent_model_shape_mismatch_is_an_error(tmp_path):
+def test_training_on_latents_shape_mismatch_and_export(tmp_path):
     from test_training_data import _image_folder, tiny_vae
 
     from vlgen.training.latents import extract_latents
@@ -206,6 +206,33 @@ def test_latent_model_shape_mismatch_is_an_error(tmp_path):
         Run(tiny_config(tmp_path / "run", *latents), Accelerator(cpu=True))
     run = train(tiny_config(tmp_path / "run", "model.name=SiT-LLaMA-S/2", "train.max_steps=2", *latents))
     assert run.ema.config.in_channels == 4 and run.ema.config.sample_size == 6
+    out = export_checkpoint(tmp_path / "run" / "checkpoints" / "step-0000002", tmp_path / "pipe")
+    assert (out / "vae" / "config.json").is_file()
+    scaling = json.loads((out / "generation.json").read_text())["latent_scaling"]
+    assert scaling == {"scaling_factor": 0.5, "shift_factor": 0.1}
+
+
+def test_mixed_precision_and_gradient_checkpointing_switches(tmp_path):
+    from vlgen.training.loop import Run
+
+    from accelerate import Accelerator
+
+    base = train(tiny_config(tmp_path / "fp32", "train.max_steps=2"))
+    AcceleratorState._reset_state(reset_partial_state=True)
+    checkpointed = train(tiny_config(tmp_path / "ckpt", "train.max_steps=2", "model.gradient_checkpointing=true"))
+    assert checkpointed.model.gradient_checkpointing
+    for name, value in base.model.state_dict().items():
+        torch.testing.assert_close(checkpointed.model.state_dict()[name], value, rtol=0, atol=1e-6)
+    AcceleratorState._reset_state(reset_partial_state=True)
+
+    config = tiny_config(tmp_path / "bf16", "train.max_steps=2", "train.mixed_precision=bf16")
+    run = Run(config, Accelerator(mixed_precision="bf16"))
+    seen = []
+    run.model.blocks[0].register_forward_hook(lambda module, args, output: seen.append(output.dtype))
+    batch = next(iter(run.loader()))
+    loss = run.train_step(batch)
+    assert seen == [torch.bfloat16] and loss.dtype == torch.float32 and torch.isfinite(loss)
+    assert all(p.dtype == torch.float32 for p in run.model.parameters())  # fp32 master weights
 
 
 def test_export_writes_the_ema_weights(tmp_path):

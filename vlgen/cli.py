@@ -1,7 +1,6 @@
 """The `vlgen` command: argparse subcommands."""
 import argparse
 import sys
-import time
 
 
 # Errors that come from the user's input or data: reported in one line, exit status 2.
@@ -35,33 +34,6 @@ def _cmd_convert(args):
     model.save_pretrained(args.out)
     count = sum(p.numel() for p in model.parameters())
     print(f"wrote {args.out}: {model.config.block_type} denoiser, {count:,} parameters")
-
-
-def _cmd_smoke(args):
-    """A few full training steps (forward, MSE, backward, AdamW) on random latents."""
-    import torch
-
-    from vlgen.models import create_model
-
-    torch.manual_seed(args.seed)
-    model = create_model(args.model, sample_size=args.size, num_classes=args.num_classes).train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0)
-    x = torch.randn(args.batch_size, model.config.in_channels, args.size, args.size)
-    y = torch.randint(0, args.num_classes, (args.batch_size,))
-    count = sum(p.numel() for p in model.parameters())
-    print(f"{args.model}: {count:,} parameters, batch {tuple(x.shape)}")
-    for step in range(1, args.steps + 1):
-        start = time.perf_counter()
-        t = torch.randint(0, 1000, (args.batch_size,))
-        target = torch.randn(args.batch_size, model.out_channels, args.size, args.size)
-        loss = torch.nn.functional.mse_loss(model(x, t, y), target)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        if not torch.isfinite(loss):
-            raise SystemExit(f"non-finite loss at step {step}")
-        print(f"step {step}: loss {loss.item():.4f} ({time.perf_counter() - start:.2f}s)")
-    print("smoke run OK")
 
 
 def _cmd_fid(args):
@@ -171,14 +143,6 @@ def build_parser():
     export.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
     export.set_defaults(func=_cmd_export)
 
-    smoke = sub.add_parser("smoke", help="a few training steps of a denoiser on random latents")
-    smoke.add_argument("--model", default="DiT-LLaMA-S/2")
-    smoke.add_argument("--steps", type=int, default=3)
-    smoke.add_argument("--batch-size", type=int, default=8)
-    smoke.add_argument("--size", type=int, default=32, help="latent size (default 32: 256px images)")
-    smoke.add_argument("--num-classes", type=int, default=1000)
-    smoke.add_argument("--seed", type=int, default=0)
-    smoke.set_defaults(func=_cmd_smoke)
     return parser
 
 

@@ -59,7 +59,7 @@ class TrainConfig:
     warmup_steps: int = 0  # linear learning-rate warm-up, then constant
     grad_clip: float | None = None  # max gradient norm
     ema_decay: float = 0.999
-    mixed_precision: str = "no"  # no, bf16 or fp16 (fp16 needs a GPU)
+    mixed_precision: str = "no"  # no, bf16 or fp16 (autocast; fp16 with loss scaling)
     seed: int = 0
 
 

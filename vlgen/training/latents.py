@@ -103,7 +103,6 @@ class LatentDataset:
     """Items: dict(x=(2, C, h, w) scaled posterior mean and std, y=class id), indexed by
     (index, flip); flip picks the latents of the mirror image (extracted with flip=True)."""
 
-    channels = None
     posterior = True
 
     def __init__(self, root, random_flip=True):

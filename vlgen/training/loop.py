@@ -120,7 +120,8 @@ class Run:
         x = batch["x"].to(device, non_blocking=True)
         y = batch["y"].to(device, non_blocking=True)
         generator = step_generator(cfg.train.seed, self.step, device)
-        shape = (n_global, *x.shape[1 + self.dataset.posterior:])
+        sample_shape = x.shape[2:] if self.dataset.posterior else x.shape[1:]  # posterior: (N, 2, C, H, W)
+        shape = (n_global, *sample_shape)
 
         def share(tensor):
             return local_slice(tensor, acc.process_index, acc.num_processes)

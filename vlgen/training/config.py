@@ -187,13 +187,14 @@ def config_from_dict(values):
 
 
 def save_config(config, path):
-    Path(path).write_text(yaml.safe_dump(_plain(config.to_dict()), sort_keys=False))
+    Path(path).write_text(yaml.safe_dump(plain_values(config.to_dict()), sort_keys=False))
 
 
-def _plain(value):
-    """Tuples as lists, so the YAML is plain and loads back with safe_load."""
+def plain_values(value):
+    """Tuples as lists (recursively): plain YAML that loads back with safe_load, and values that
+    compare equal to a config read back from YAML."""
     if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
+        return {k: plain_values(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
+        return [plain_values(v) for v in value]
     return value

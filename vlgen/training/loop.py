@@ -11,7 +11,7 @@ from vlgen.training.batches import GlobalBatches, ProcessBatches, local_slice, s
 from vlgen.training.build import build_dataset, build_model, build_objective, check_config, data_info
 from vlgen.training.checkpoint import (checkpoint_dir, latest_checkpoint, load_checkpoint, read_checkpoint_config,
                                        read_data_info, save_checkpoint)
-from vlgen.training.config import Config, save_config
+from vlgen.training.config import Config, plain_values, save_config
 from vlgen.training.ema import create_ema, update_ema
 
 # Settings that may differ between a checkpoint and the run resuming it.
@@ -37,15 +37,11 @@ def _check_resumable(saved, current, directory):
 
     saved, current = _flatten(saved), _flatten(current)
     differ = [key for key in sorted(set(saved) | set(current))
-              if frozen(key) and _plain(saved.get(key)) != _plain(current.get(key))]
+              if frozen(key) and plain_values(saved.get(key)) != plain_values(current.get(key))]
     if differ:
         details = "; ".join(f"{key}: {saved.get(key)!r} there, {current.get(key)!r} here" for key in differ)
         raise ValueError(f"checkpoint {directory} was trained with another config ({details}); resume it with "
                          f"its own config (its config.yaml) or start a new logging.output_dir")
-
-
-def _plain(value):
-    return list(value) if isinstance(value, tuple) else value
 
 
 def resolve_resume(resume, output_dir):

@@ -11,6 +11,7 @@ from accelerate.state import AcceleratorState
 from PIL import Image
 from safetensors.torch import load_file
 
+from pipelines import load_pipeline
 from vlgen.export import export_checkpoint
 from vlgen.models import VisionLLaMADenoiser
 from vlgen.training import checkpoint as checkpoint_module
@@ -207,9 +208,9 @@ def test_training_on_latents_shape_mismatch_and_export(tmp_path):
     run = train(tiny_config(tmp_path / "run", "model.name=SiT-LLaMA-S/2", "train.max_steps=2", *latents))
     assert run.ema.config.in_channels == 4 and run.ema.config.sample_size == 6
     out = export_checkpoint(tmp_path / "run" / "checkpoints" / "step-0000002", tmp_path / "pipe")
-    assert (out / "vae" / "config.json").is_file()
-    scaling = json.loads((out / "generation.json").read_text())["latent_scaling"]
-    assert scaling == {"scaling_factor": 0.5, "shift_factor": 0.1}
+    pipe = load_pipeline(out)
+    assert pipe.vae.config.scaling_factor == 0.5 and pipe.vae.config.shift_factor == 0.1
+    assert pipe.vae_scale_factor == 2 and pipe(0, num_inference_steps=2, method="euler").images[0].size == (12, 12)
 
 
 def test_mixed_precision_and_gradient_checkpointing_switches(tmp_path):
@@ -241,8 +242,9 @@ def test_export_writes_the_ema_weights(tmp_path):
     exported = VisionLLaMADenoiser.from_pretrained(out / "transformer")
     for a, b in zip(exported.parameters(), run.ema.parameters()):
         assert torch.equal(a, b)
-    generation = json.loads((out / "generation.json").read_text())
-    assert generation["id2label"]["4"] == "star" and generation["objective"]["kind"] == "flow"
+    pipe = load_pipeline(out)
+    assert type(pipe).__name__ == "SiTLLaMAPipeline" and pipe.config.id2label[4] == "star"
+    assert pipe.scheduler.config.path == run.config.objective.path
     with pytest.raises(FileExistsError, match="pass --overwrite"):
         export_checkpoint(tmp_path / "run" / "checkpoints" / "step-0000002", tmp_path / "pipe")
     with pytest.raises(FileNotFoundError, match="not a training checkpoint"):

@@ -1,18 +1,19 @@
-"""`vlgen export CKPT --out DIR`: a training checkpoint's EMA model as a pipeline directory.
+"""`vlgen export CKPT --out DIR`: a training checkpoint's EMA model as a pipeline directory
+(DiTLLaMAPipeline or SiTLLaMAPipeline, by objective), loaded with `load_pipeline(DIR)` or the
+class's `from_pretrained(DIR)`:
 
-    DIR/transformer/     the EMA denoiser (config.json + safetensors)
-    DIR/vae/             the AutoencoderKL the latents came from (latent models only)
-    DIR/generation.json  objective settings, latent scaling and id2label, for sampling
+    DIR/model_index.json  the pipeline class, its components and id2label
+    DIR/transformer/      the EMA denoiser (config.json + safetensors)
+    DIR/scheduler/        the sampler settings (the training objective, default sampler)
+    DIR/vae/              the AutoencoderKL the latents came from (latent models only)
 """
-import json
 import shutil
 from pathlib import Path
 
+from pipelines import create_pipeline
 from vlgen.models import VisionLLaMADenoiser
 from vlgen.training.checkpoint import read_checkpoint_config, read_data_info
 from vlgen.training.latents import load_vae
-
-GENERATION_FILE = "generation.json"
 
 
 def export_checkpoint(checkpoint, out, overwrite=False):
@@ -26,14 +27,8 @@ def export_checkpoint(checkpoint, out, overwrite=False):
     model = VisionLLaMADenoiser.from_pretrained(checkpoint / "ema")
     staging = out.parent / f".{out.name}.tmp"  # built aside, then moved into place
     shutil.rmtree(staging, ignore_errors=True)
-    model.save_pretrained(staging / "transformer")
-    generation = {"objective": config["objective"], "id2label": dict(enumerate(info["class_names"])),
-                  "sample_size": info["size"], "latent_scaling": None}
-    if "vae" in info:
-        vae = info["vae"]
-        load_vae(vae["vae"], vae["vae_subfolder"]).save_pretrained(staging / "vae")
-        generation["latent_scaling"] = {"scaling_factor": vae["scaling_factor"], "shift_factor": vae["shift_factor"]}
-    (staging / GENERATION_FILE).write_text(json.dumps(generation, indent=2))
+    vae = load_vae(info["vae"]["vae"], info["vae"]["vae_subfolder"]) if "vae" in info else None
+    create_pipeline(model, config["objective"], info["class_names"], vae).save_pretrained(staging)
     shutil.rmtree(out, ignore_errors=True)
     staging.rename(out)
     return out

@@ -1,18 +1,21 @@
 """Training entry point: `accelerate launch -m vlgen.train --config configs/X.yaml` (or `vlgen train`).
 
-Adds what the loop leaves to the app layer: the command line and the EMA sample grids.
+Adds what the loop leaves to the app layer: the command line and the EMA sample grids (drawn
+with the run's pipeline).
 """
 import argparse
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
-from vlgen.diffusion import create_diffusion
+from pipelines import create_pipeline, labelled_grid
 from vlgen.training import load_config, train
 from vlgen.training.latents import load_vae
 
-GRID_CLASSES = 10  # columns of the sample grid: the first classes of the dataset
+GRID_CLASSES, GRID_COLUMNS = 10, 2  # rows: the first classes of the dataset; samples per class
+GRID_SAMPLERS = {"ddpm": {"sampler": "ddpm"}, "flow": {"sampler": "ode", "method": "heun"}}  # fixed step counts
 
 
 def add_arguments(parser):
@@ -24,51 +27,29 @@ def add_arguments(parser):
                                                        "or a checkpoint directory")
 
 
-@torch.no_grad()
-def sample_images(run, labels, noise, num_steps, guidance_scale, vae=None):
-    """Images in [-1, 1] from the run's EMA model for these labels and starting noise."""
-    from sampling import classifier_free_guidance, sample_ddpm, sample_ode
-
-    ema, objective = run.ema, run.objective
-    denoise = ema
-    if guidance_scale != 1.0 and ema.null_class_id is not None:
-        denoise = classifier_free_guidance(ema, guidance_scale, ema.null_class_id, ema.config.in_channels)
-    if objective.kind == "ddpm":
-        cfg = run.config.objective
-        diffusion = create_diffusion(str(num_steps), cfg.noise_schedule, cfg.diffusion_steps, cfg.prediction or "eps",
-                                     learn_sigma=objective.process.variance == "learned_range")
-        x = sample_ddpm(denoise, diffusion, noise, progress=False, y=labels)
-    else:
-        x = sample_ode(denoise, objective.process, noise, method="heun", num_steps=num_steps, progress=False, y=labels)
-    if vae is not None:
-        scale, shift = vae["scaling_factor"], vae["shift_factor"]
-        x = vae["model"].decode((x / scale + shift).to(vae["model"].dtype)).sample.float()
-    return x.clamp(-1, 1)
-
-
 def grid_sampler():
-    """on_sample callback: the main process writes OUTPUT/samples/step-XXXXXXX.png, two rows of
-    the first classes, with fixed noise so grids of successive steps compare."""
-    from torchvision.utils import save_image
-
-    vae_cache = {}
+    """on_sample callback: the main process writes OUTPUT/samples/step-XXXXXXX.png from the EMA
+    model, one labelled row per class (the first GRID_CLASSES), with fixed noise so grids of
+    successive steps compare."""
+    vae_cache = []
 
     def on_sample(run):
         accelerator, info, log = run.accelerator, run.data_info, run.config.logging
         if accelerator.is_main_process:
-            device = accelerator.device
-            classes = min(GRID_CLASSES, len(info["class_names"]))
-            labels = torch.arange(classes, device=device).repeat(2)
-            generator = torch.Generator(device=device).manual_seed(run.config.train.seed)
-            shape = (len(labels), info["channels"], info["size"], info["size"])
-            noise = torch.randn(shape, device=device, generator=generator)
-            if "vae" in info and "model" not in vae_cache:
-                vae_cache.update(info["vae"], model=load_vae(info["vae"]["vae"], info["vae"]["vae_subfolder"], device))
-            images = sample_images(run, labels, noise, log.sample_steps, log.sample_guidance_scale,
-                                   vae_cache or None)
+            if "vae" in info and not vae_cache:
+                vae_cache.append(load_vae(info["vae"]["vae"], info["vae"]["vae_subfolder"], accelerator.device))
+            objective = asdict(run.config.objective)
+            pipe = create_pipeline(run.ema, objective, info["class_names"], vae_cache[0] if vae_cache else None,
+                                   num_inference_steps=log.sample_steps, **GRID_SAMPLERS[objective["kind"]])
+            pipe.set_progress_bar_config(disable=True)
+            classes = list(range(min(GRID_CLASSES, len(info["class_names"]))))
+            generator = torch.Generator().manual_seed(run.config.train.seed)
+            guidance = log.sample_guidance_scale if run.ema.null_class_id is not None else 1.0  # no null class
+            images = pipe(classes * GRID_COLUMNS, guidance_scale=guidance, generator=generator).images
+            rows = [(info["class_names"][c], images[c::len(classes)]) for c in classes]
             path = Path(log.output_dir) / "samples" / f"step-{run.step:07d}.png"
             path.parent.mkdir(parents=True, exist_ok=True)
-            save_image((images + 1) / 2, path, nrow=classes)
+            labelled_grid(rows).save(path)
         accelerator.wait_for_everyone()
 
     return on_sample

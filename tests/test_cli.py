@@ -41,6 +41,15 @@ def test_train_then_export(tmp_path):
     assert (tmp_path / "pipe" / "transformer" / "config.json").is_file()
     result = run("export", str(checkpoint), "--out", str(tmp_path / "pipe"))
     assert result.returncode == 2 and "pass --overwrite" in result.stderr
+    result = run("sample", "--pipeline", str(tmp_path / "pipe"), "--grid", str(tmp_path / "grid.png"),
+                 "--labels", "circle", "star", "--per-label", "2", "--num-inference-steps", "2",
+                 "--option", "method=euler")
+    assert result.returncode == 0, result.stderr
+    assert "2 labels x 2 images" in result.stdout and (tmp_path / "grid.png").is_file()
+    result = run("sample", "--pipeline", str(tmp_path / "pipe"), "--out", str(tmp_path / "s.npz"), "--num-samples",
+                 "3", "--num-inference-steps", "2", "--option", "method=euler", "--dtype", "bfloat16")
+    assert result.returncode == 0, result.stderr
+    assert "3 images from 1 process" in result.stdout and (tmp_path / "s.npz").is_file()
 
 
 def test_train_config_errors_exit_2_naming_the_key(tmp_path):

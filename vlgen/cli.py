@@ -60,6 +60,14 @@ def _cmd_train(args):
     run_training(args)
 
 
+def _cmd_sample(args):
+    from vlgen.sample import run_sampling
+
+    written = run_sampling(args)
+    if written is not None:
+        print(f"wrote {written}")
+
+
 def _cmd_extract_latents(args):
     from accelerate import Accelerator
 
@@ -116,10 +124,17 @@ def build_parser():
     fid.set_defaults(func=_cmd_fid)
 
     train = sub.add_parser("train", help="train a denoiser in one process (several: accelerate launch -m vlgen.train)")
-    from vlgen.train import add_arguments
+    from vlgen.train import add_arguments as add_train_arguments
 
-    add_arguments(train)
+    add_train_arguments(train)
     train.set_defaults(func=_cmd_train)
+
+    sample = sub.add_parser("sample", help="sample a pipeline into an ADM-format npz (sharded over processes under "
+                                           "accelerate launch -m vlgen.sample) or a labelled PNG grid")
+    from vlgen.sample import add_arguments as add_sample_arguments
+
+    add_sample_arguments(sample)
+    sample.set_defaults(func=_cmd_sample)
 
     latents = sub.add_parser("extract-latents", help="encode an image folder once with a VAE, for training on latents "
                                                      "(sharded over processes under accelerate launch -m vlgen)")

@@ -105,3 +105,31 @@ def open_images(source):
         path = Path(source)
         return NpzImages(path) if path.suffix == ".npz" else ImageFolder(path)
     return TensorImages(source)
+
+
+def write_samples_npz(path, image_batches, labels, image_shape):
+    """Write an ADM-format sample file: `arr_0` uint8 (N, H, W, C) streamed from image_batches
+    (uint8 NHWC arrays, N images in all; never all in memory at once), `arr_1` the N labels.
+    Written to a temporary file and renamed, so path is either complete or untouched."""
+    path = Path(path)
+    labels = np.asarray(labels, dtype=np.int64)
+    shape = (len(labels), *image_shape)
+    temporary = path.with_name(f".{path.name}.tmp")
+    try:
+        with zipfile.ZipFile(temporary, "w", zipfile.ZIP_STORED, allowZip64=True) as archive:
+            with archive.open("arr_0.npy", "w", force_zip64=True) as member:
+                np.lib.format.write_array_header_1_0(member, {"descr": "|u1", "fortran_order": False, "shape": shape})
+                written = 0
+                for batch in image_batches:
+                    if batch.dtype != np.uint8 or batch.shape[1:] != tuple(image_shape):
+                        raise ValueError(f"image batch {batch.dtype} {batch.shape} does not match uint8 (n, "
+                                         f"{', '.join(map(str, image_shape))})")
+                    member.write(np.ascontiguousarray(batch).data)
+                    written += len(batch)
+            if written != len(labels):
+                raise ValueError(f"got {written} images for {len(labels)} labels")
+            with archive.open("arr_1.npy", "w") as member:
+                np.lib.format.write_array(member, labels)
+        temporary.replace(path)
+    finally:
+        temporary.unlink(missing_ok=True)

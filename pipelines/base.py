@@ -15,15 +15,18 @@ from vlgen.training.latents import latent_scaling
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
 
 
+def label_names(value):
+    """The names a class answers to: its id2label value and each comma-separated part of it
+    ("tench, Tinca tinca": that, "tench" and "Tinca tinca")."""
+    return {value, *(part.strip() for part in value.split(","))} - {""}
+
+
 def label_index(id2label):
-    """name -> class id for every name of id2label; a value "tench, Tinca tinca" gives the class
-    the names "tench, Tinca tinca", "tench" and "Tinca tinca". A name shared by several classes
-    maps to None (ambiguous)."""
+    """name -> class id for every name of id2label; a name shared by several classes maps to None."""
     index = {}
     for class_id, value in id2label.items():
-        for name in {value, *(part.strip() for part in value.split(","))}:
-            if name:
-                index[name] = class_id if index.get(name, class_id) == class_id else None
+        for name in label_names(value):
+            index[name] = class_id if index.get(name, class_id) == class_id else None
     return index
 
 
@@ -68,7 +71,7 @@ class ClassConditionalPipeline(DiffusionPipeline):
             known = "" if len(self.labels) > 20 else f" Known: {', '.join(sorted(self.labels))}"
             raise ValueError(f"unknown label name {name!r}{hint}{known}")
         if self.labels[name] is None:
-            owners = sorted(i for i, value in self.config.id2label.items() if name in value.split(", ") + [value])
+            owners = sorted(i for i, value in self.config.id2label.items() if name in label_names(value))
             raise ValueError(f"label name {name!r} names several classes {owners}: pass the class id")
         return self.labels[name]
 

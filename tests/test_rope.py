@@ -84,3 +84,17 @@ def test_as2drope_scales_positions_by_train_over_current_grid():
 def test_head_dim_must_be_divisible_by_four():
     with pytest.raises(ValueError, match="divisible by 4"):
         rope_2d_angles(6, 2, 2)
+
+
+def test_class_token_sits_at_flat_index_minus_one():
+    """VisionLLaMA's classifier: positions of flat indices -1 ... T-1, x = i mod W, y = floor(i / W),
+    so the class token is at column W - 1 of row -1 and the grid tokens keep their angles."""
+    head_dim, theta = 8, 10000.0
+    with_cls = rope_2d_angles(head_dim, 3, 3, theta, prefix_tokens=1)
+    assert with_cls.shape == (10, 4)
+    assert torch.equal(with_cls[1:], rope_2d_angles(head_dim, 3, 3, theta))
+    freqs = [theta ** (-4 * j / head_dim) for j in range(head_dim // 4)]
+    expected = [2 * freqs[0], -1 * freqs[0], 2 * freqs[1], -1 * freqs[1]]
+    assert torch.allclose(with_cls[0], torch.tensor(expected, dtype=torch.float64))
+    cos, _ = RotaryEmbedding2D(head_dim, (3, 3), prefix_tokens=1)(3, 3, "cpu")
+    assert cos.shape == (10, head_dim)

@@ -11,18 +11,20 @@ import torch
 from torch import nn
 
 
-def rope_2d_angles(head_dim, grid_h, grid_w, theta=10000.0, scale_h=1.0, scale_w=1.0):
-    """Rotation angle of every (token, rotary pair): float64 (grid_h * grid_w, head_dim // 2),
-    tokens in row-major order."""
+def rope_2d_angles(head_dim, grid_h, grid_w, theta=10000.0, scale_h=1.0, scale_w=1.0, prefix_tokens=0):
+    """Rotation angle of every (token, rotary pair): float64 (prefix_tokens + grid_h * grid_w,
+    head_dim // 2), tokens in row-major order. prefix_tokens (a class token) sit before the grid
+    at the row-major positions of flat indices -prefix_tokens ... -1: VisionLLaMA's classifier puts
+    its class token at flat index -1, i.e. row -1, column grid_w - 1."""
     if head_dim % 4:
         raise ValueError(f"2D RoPE needs a head dimension divisible by 4, got {head_dim}")
     freqs = theta ** (-torch.arange(0, head_dim, 4, dtype=torch.float64) / head_dim)  # (hd/4,)
-    rows = torch.arange(grid_h, dtype=torch.float64) * scale_h
-    cols = torch.arange(grid_w, dtype=torch.float64) * scale_w
-    y, x = torch.meshgrid(rows, cols, indexing="ij")  # (h, w) each
-    x_angles = x.reshape(-1, 1) * freqs  # (T, hd/4)
-    y_angles = y.reshape(-1, 1) * freqs  # (T, hd/4)
-    return torch.stack([x_angles, y_angles], dim=-1).reshape(grid_h * grid_w, head_dim // 2)
+    index = torch.arange(-prefix_tokens, grid_h * grid_w, dtype=torch.float64)
+    y = torch.div(index, grid_w, rounding_mode="floor") * scale_h  # row
+    x = torch.remainder(index, grid_w) * scale_w  # column
+    x_angles = x[:, None] * freqs  # (T, hd/4)
+    y_angles = y[:, None] * freqs  # (T, hd/4)
+    return torch.stack([x_angles, y_angles], dim=-1).reshape(len(index), head_dim // 2)
 
 
 def apply_rope(x, cos, signed_sin):
@@ -34,15 +36,16 @@ def apply_rope(x, cos, signed_sin):
 
 
 class RotaryEmbedding2D(nn.Module):
-    """Holds no weights: returns the (cos, signed_sin) tables of apply_rope for a token grid,
-    cached per grid and device."""
+    """Holds no weights: returns the (cos, signed_sin) tables of apply_rope for a token grid
+    (and prefix_tokens before it), cached per grid and device."""
 
-    def __init__(self, head_dim, base_grid, theta=10000.0, auto_scale=True):
+    def __init__(self, head_dim, base_grid, theta=10000.0, auto_scale=True, prefix_tokens=0):
         super().__init__()
         self.head_dim = head_dim
         self.base_grid = tuple(base_grid)
         self.theta = theta
         self.auto_scale = auto_scale
+        self.prefix_tokens = prefix_tokens
         self._cache = {}
 
     def forward(self, grid_h, grid_w, device):
@@ -50,7 +53,7 @@ class RotaryEmbedding2D(nn.Module):
         if key not in self._cache:
             scale_h = self.base_grid[0] / grid_h if self.auto_scale else 1.0
             scale_w = self.base_grid[1] / grid_w if self.auto_scale else 1.0
-            angles = rope_2d_angles(self.head_dim, grid_h, grid_w, self.theta, scale_h, scale_w)
+            angles = rope_2d_angles(self.head_dim, grid_h, grid_w, self.theta, scale_h, scale_w, self.prefix_tokens)
             angles = angles.repeat_interleave(2, dim=-1).to(device=device, dtype=torch.float32)
             sign = torch.tensor([-1.0, 1.0], device=device).repeat(self.head_dim // 2)
             self._cache[key] = (angles.cos(), angles.sin() * sign)

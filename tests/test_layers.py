@@ -11,13 +11,13 @@ PACKAGES = ("vlgen", "pipelines", "sampling")
 LAYERS = {
     "vlgen": 0,  # the package root
     "vlgen.models": 1,
-    "vlgen.tasks": 2,
     "vlgen.diffusion": 2,
     "vlgen.transport": 2,
     "vlgen.evaluation": 2,
     "vlgen.training": 3,
     "sampling": 3,
     "pipelines": 4,
+    "vlgen.tasks": 4,  # perception heads and their training: models plus the training data
     "vlgen.train": 5,
     "vlgen.sample": 5,
     "vlgen.demo": 5,

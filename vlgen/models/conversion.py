@@ -36,7 +36,7 @@ _LLAMA_FUSED = ("blocks.{i}.mlp.c_fc1.weight", "blocks.{i}.mlp.c_fc2.weight", "b
 _FIXED_TABLE = "pos_embed"
 
 
-def _expand(templates, depth):
+def expand_key_templates(templates, depth):
     pairs = []
     for ref, ours in templates:
         for i in range(depth) if "{i}" in ref else [None]:
@@ -48,12 +48,12 @@ def _expand(templates, depth):
 def reference_key_pairs(block_type, depth):
     """All (reference key, vlgen key) renames for a model, except the fused SwiGLU projections."""
     mlp = _LLAMA_MLP_KEYS if block_type == "llama" else _DIT_MLP_KEYS
-    return _expand(_TOP_LEVEL_KEYS + _BLOCK_KEYS + mlp, depth) + [
+    return expand_key_templates(_TOP_LEVEL_KEYS + _BLOCK_KEYS + mlp, depth) + [
         ("y_embedder.embedding_table.weight", "y_embedder.table.weight")
     ]
 
 
-def _check_keys(found, expected, what):
+def check_keys(found, expected, what):
     missing, unexpected = sorted(set(expected) - set(found)), sorted(set(found) - set(expected))
     if missing or unexpected:
         raise ValueError(
@@ -106,13 +106,13 @@ def from_reference_state_dict(state_dict, source_format, sample_size=None):
     if has_swiglu != (block_type == "llama"):
         other = "visionllama-dit or visionllama-sit" if has_swiglu else "dit or sit"
         raise ValueError(f"this checkpoint's MLP keys do not fit format {source_format!r}: it looks like {other}")
-    _check_keys([k for k in state_dict if k != _FIXED_TABLE], expected, f"{source_format} checkpoint")
+    check_keys([k for k in state_dict if k != _FIXED_TABLE], expected, f"{source_format} checkpoint")
 
     converted = {ours: state_dict[ref] for ref, ours in pairs}
     for gate, up, ours in fused:
         converted[ours] = torch.cat([state_dict[gate], state_dict[up]], dim=0)
     model = VisionLLaMADenoiser(**config)
-    _load_exact(model, converted)
+    load_exact(model, converted)
     return model
 
 
@@ -129,10 +129,10 @@ def to_reference_state_dict(model):
     return out
 
 
-def _load_exact(model, state_dict):
+def load_exact(model, state_dict):
     """load_state_dict that names every missing/unexpected key and shape mismatch."""
     own = model.state_dict()
-    _check_keys(state_dict, own, "converted state dict")
+    check_keys(state_dict, own, "converted state dict")
     bad = [f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}" for k, v in state_dict.items() if v.shape != own[k].shape]
     if bad:
         raise ValueError("shape mismatch: " + "; ".join(bad[:8]))
@@ -200,10 +200,10 @@ def from_diffusers_dit(dit):
         mlp_norm_eps=cfg.norm_eps,  # its pre-MLP norm follows the config
         timestep_freq_shift=1,  # diffusers' DiT timestep features use downscale_freq_shift=1
     )
-    converted = {ours: sd[ref] for ref, ours in _expand(_DIFFUSERS_KEYS, depth)}
+    converted = {ours: sd[ref] for ref, ours in expand_key_templates(_DIFFUSERS_KEYS, depth)}
     for i in range(depth):
         for p in ("weight", "bias"):
             parts = [sd[f"transformer_blocks.{i}.attn1.to_{n}.{p}"] for n in "qkv"]
             converted[f"blocks.{i}.attn.qkv.{p}"] = torch.cat(parts, dim=0)
-    _load_exact(model, converted)
+    load_exact(model, converted)
     return model

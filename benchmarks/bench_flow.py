@@ -6,13 +6,12 @@ be downloaded here; a trained field is less smooth, so dopri5 needs more evaluat
 
     python benchmarks/bench_flow.py [--model SiT-LLaMA-S/2] [--batch-size 8] [--steps 50] [--device cpu]
 """
-import argparse
 import time
 
 import torch
 
 from sampling import classifier_free_guidance, sample_ode
-from sampling_setup import latent_batch, random_weight_model
+from sampling_setup import latent_batch, random_weight_model, sampling_arguments
 from vlgen.allocator import keep_freed_memory
 from vlgen.transport import Transport
 
@@ -28,13 +27,7 @@ class CountingModel(torch.nn.Module):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="SiT-LLaMA-S/2")
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--steps", type=int, default=50)
-    parser.add_argument("--guidance-scale", type=float, default=1.0)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    args = parser.parse_args()
+    args = sampling_arguments(__doc__.splitlines()[0], model="SiT-LLaMA-S/2", batch_size=8, guidance_scale=1.0)
     keep_freed_memory()
 
     model = random_weight_model(args.model, args.device)

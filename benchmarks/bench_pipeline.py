@@ -7,14 +7,13 @@ would cost the same in both and hide the overhead.
 
     python benchmarks/bench_pipeline.py [--batch-size 16] [--steps 50] [--repeats 2] [--device cpu]
 """
-import argparse
 import time
 
 import torch
 
 from pipelines import create_pipeline
 from sampling import classifier_free_guidance, sample_ddpm, sample_ode
-from sampling_setup import latent_batch, random_weight_model
+from sampling_setup import latent_batch, random_weight_model, sampling_arguments
 from vlgen.allocator import keep_freed_memory
 from vlgen.diffusion import create_diffusion
 from vlgen.transport import Transport
@@ -47,13 +46,7 @@ def direct_sampler(model, objective, steps, scale):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--steps", type=int, default=50)
-    parser.add_argument("--guidance-scale", type=float, default=4.0)
-    parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    args = parser.parse_args()
+    args = sampling_arguments(__doc__.splitlines()[0], batch_size=16, guidance_scale=4.0, repeats=2)
     keep_freed_memory()
 
     print(f"batch {args.batch_size}, {args.steps} steps, CFG {args.guidance_scale}, {args.device}, "

@@ -5,14 +5,13 @@ forward of twice the batch, nothing else).
 
     python benchmarks/bench_sampling.py [--model DiT-LLaMA-S/2] [--batch-size 8] [--steps 50] [--device cpu]
 """
-import argparse
 import time
 
 import torch
 
 from sampling import classifier_free_guidance, sample_ddim, sample_ddpm
 from vlgen.diffusion import create_diffusion
-from sampling_setup import latent_batch, random_weight_model
+from sampling_setup import latent_batch, random_weight_model, sampling_arguments
 from vlgen.allocator import keep_freed_memory
 
 
@@ -28,14 +27,8 @@ def time_sampler(sampler, denoise, diffusion, noise, labels):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="DiT-LLaMA-S/2")
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--steps", type=int, default=50)
-    parser.add_argument("--guidance-scale", type=float, default=4.0)
-    parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    args = parser.parse_args()
+    args = sampling_arguments(__doc__.splitlines()[0], model="DiT-LLaMA-S/2", batch_size=8, guidance_scale=4.0,
+                              repeats=2)
     keep_freed_memory()
 
     model = random_weight_model(args.model, args.device)

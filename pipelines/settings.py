@@ -41,6 +41,8 @@ class DDPMSettings(SchedulerMixin, ConfigMixin):
         """The GaussianDiffusion respaced to num_inference_steps ("ddimN" spacing for DDIM, as ADM)."""
         check_choice("sampler", sampler, DDPM_SAMPLERS)
         _check_steps(num_inference_steps)
+        if num_inference_steps < 2:  # the clipped posterior variance of a respaced process needs two steps (ADM)
+            raise ValueError(f"DDPM and DDIM sampling need num_inference_steps >= 2, got {num_inference_steps}")
         if num_inference_steps > self.config.diffusion_steps:
             raise ValueError(f"num_inference_steps={num_inference_steps} exceeds the {self.config.diffusion_steps} "
                              "steps the model was trained with")

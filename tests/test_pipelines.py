@@ -134,6 +134,10 @@ def test_bad_call_arguments_are_clear_errors():
         tiny_pipeline("flow", class_dropout_prob=0.0)([0], guidance_scale=2.0)
     with pytest.raises(ValueError, match="one per sample"):
         pipe([0, 1], generator=[seeded()])
+    with pytest.raises(ValueError, match="need num_inference_steps >= 2"):
+        tiny_pipeline("ddpm")([0], num_inference_steps=1)
+    with pytest.raises(ValueError, match="exceeds the 1000 steps"):
+        tiny_pipeline("ddpm")([0], num_inference_steps=1001)
 
 
 @pytest.mark.parametrize("kind, sampler, options", [

@@ -7,6 +7,7 @@ import torch
 from diffusers import DiffusionPipeline, ImagePipelineOutput
 from diffusers.image_processor import VaeImageProcessor
 
+from pipelines.options import check_sampler_options
 from sampling import classifier_free_guidance
 from sampling.noise import randn
 from vlgen.choices import check_choice
@@ -112,8 +113,12 @@ class ClassConditionalPipeline(DiffusionPipeline):
         scale, shift = latent_scaling(self.vae)
         return self.vae.decode((x / scale + shift).to(self.vae.dtype)).sample.float()
 
-    def sample(self, denoise, noise, labels, generator, num_inference_steps, progress, **sampler_options):
-        """The model's samples from noise; each subclass runs its own samplers."""
+    # sampler name -> the option names it takes; set by each subclass
+    SAMPLER_OPTIONS = {}
+
+    def sample(self, denoise, noise, labels, generator, sampler, num_inference_steps, progress, options):
+        """The model's samples from noise; each subclass runs its own samplers. sampler and its
+        options are checked; num_inference_steps is None for the settings' default."""
         raise NotImplementedError
 
     @torch.no_grad()
@@ -150,7 +155,9 @@ class ClassConditionalPipeline(DiffusionPipeline):
         denoise = self._denoiser(guidance_scale, guided_channels, guidance_interval)
         progress = not getattr(self, "_progress_bar_config", {}).get("disable", False)
         labels = torch.tensor(labels, device=device)
-        x = self.sample(denoise, noise, labels, generator, num_inference_steps, progress, **sampler_options)
+        sampler = sampler_options.pop("sampler", None) or self.scheduler.config.sampler
+        check_sampler_options(sampler, sampler_options, self.SAMPLER_OPTIONS)
+        x = self.sample(denoise, noise, labels, generator, sampler, num_inference_steps, progress, sampler_options)
         images = x if output_type == "latent" else self._decode(x)
         if output_type != "latent":
             images = self.image_processor.postprocess(images, output_type=output_type)

@@ -1,14 +1,8 @@
 """SiTLLaMAPipeline: class-conditional images from a flow-matching denoiser (SiT-LLaMA or SiT)."""
 from pipelines.base import ClassConditionalPipeline
-from pipelines.options import check_sampler_options
 from pipelines.settings import FlowSettings
 from sampling import sample_ode, sample_sde
 from sampling.flow import ADAPTIVE_SOLVERS
-
-SAMPLER_OPTIONS = {
-    "ode": ("method", "atol", "rtol"),
-    "sde": ("method", "diffusion_form", "diffusion_norm", "last_step", "last_step_size"),
-}
 
 
 class SiTLLaMAPipeline(ClassConditionalPipeline):
@@ -17,13 +11,16 @@ class SiTLLaMAPipeline(ClassConditionalPipeline):
     ... taking num_inference_steps steps), or sampler="sde" with method "euler" / "heun",
     diffusion_form, diffusion_norm, last_step, last_step_size (see sampling.sample_sde)."""
 
+    SAMPLER_OPTIONS = {
+        "ode": ("method", "atol", "rtol"),
+        "sde": ("method", "diffusion_form", "diffusion_norm", "last_step", "last_step_size"),
+    }
+
     def __init__(self, transformer, scheduler: FlowSettings, vae=None, id2label=None):
         super().__init__(transformer, scheduler, vae, id2label)
 
-    def sample(self, denoise, noise, labels, generator, num_inference_steps, progress, sampler=None, **options):
+    def sample(self, denoise, noise, labels, generator, sampler, num_inference_steps, progress, options):
         settings = self.scheduler.config
-        sampler = settings.sampler if sampler is None else sampler
-        check_sampler_options(sampler, options, SAMPLER_OPTIONS)
         if sampler == settings.sampler:
             options.setdefault("method", settings.method)  # the saved method belongs to the saved sampler
         steps = settings.num_inference_steps if num_inference_steps is None else num_inference_steps

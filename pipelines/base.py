@@ -37,6 +37,7 @@ class ClassConditionalPipeline(DiffusionPipeline):
 
     _optional_components = ["vae"]
     model_cpu_offload_seq = "transformer->vae"
+    SAMPLER_OPTIONS = {}  # sampler name -> the option names it takes; set by each subclass
 
     def __init__(self, transformer, scheduler, vae=None, id2label=None):
         super().__init__()
@@ -112,9 +113,6 @@ class ClassConditionalPipeline(DiffusionPipeline):
             return x
         scale, shift = latent_scaling(self.vae)
         return self.vae.decode((x / scale + shift).to(self.vae.dtype)).sample.float()
-
-    # sampler name -> the option names it takes; set by each subclass
-    SAMPLER_OPTIONS = {}
 
     def sample(self, denoise, noise, labels, generator, sampler, num_inference_steps, progress, options):
         """The model's samples from noise; each subclass runs its own samplers. sampler and its

@@ -1,4 +1,5 @@
 """The installed `vlgen` console script."""
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -73,3 +74,25 @@ def test_extract_latents_command(tmp_path):
     result = run("extract-latents", str(tmp_path / "missing"), "--out", str(tmp_path / "x"), "--vae",
                  str(tmp_path / "vae"))
     assert result.returncode == 2 and "missing does not exist" in result.stderr
+
+
+def test_train_classifier_on_shapes_and_on_an_image_folder(tmp_path):
+    from test_training_data import _image_folder
+
+    from vlgen.tasks import VisionLLaMAClassifier
+
+    tiny = ["--steps", "3", "--batch-size", "4", "--hidden-size", "32", "--depth", "1", "--num-heads", "2"]
+    result = run("train-classifier", *tiny, "--out", str(tmp_path / "shapes"))
+    assert result.returncode == 0, result.stderr
+    assert "held-out accuracy" in result.stdout
+    metrics = json.loads((tmp_path / "shapes" / "metrics.json").read_text())
+    assert 0 <= metrics["held_out_accuracy"] <= 1 and len(metrics["class_names"]) == 10
+    assert VisionLLaMAClassifier.from_pretrained(tmp_path / "shapes").head.out_features == 10
+    result = run("train-classifier", *tiny, "--out", str(tmp_path / "shapes"))
+    assert result.returncode == 2 and "pass --overwrite" in result.stderr and "%|" not in result.stderr  # refused before training
+    folder = _image_folder(tmp_path / "images", per_class=2)
+    result = run("train-classifier", *tiny, "--data", str(folder), "--eval-data", str(folder), "--image-size", "16",
+                 "--out", str(tmp_path / "folder"))
+    assert result.returncode == 0, result.stderr
+    classes = json.loads((tmp_path / "folder" / "metrics.json").read_text())["class_names"]
+    assert classes == sorted(p.name for p in folder.iterdir())

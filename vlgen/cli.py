@@ -203,7 +203,7 @@ def build_parser():
     classifier.add_argument("--num-samples", type=int, default=20000, help="shapes images to train on")
     classifier.add_argument("--steps", type=int, default=1500)
     classifier.add_argument("--batch-size", type=int, default=32, help="images per step and process")
-    classifier.add_argument("--lr", type=float, default=2e-3)
+    classifier.add_argument("--lr", type=float, default=1e-3)
     classifier.add_argument("--seed", type=int, default=0)
     classifier.add_argument("--num-workers", type=int, default=0, help="image-decoding processes")
     classifier.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")

@@ -73,8 +73,8 @@ def _cmd_sample(args):
 def _cmd_train_classifier(args):
     from accelerate import Accelerator
 
-    from vlgen.tasks.classification import (accuracy, check_output_dir, create_classifier, save_classifier,
-                                            train_classifier)
+    from vlgen.output_dir import check_output_dir
+    from vlgen.tasks.classification import accuracy, create_classifier, save_classifier, train_classifier
     from vlgen.training.images import ImageFolderDataset
     from vlgen.training.shapes import ShapesDataset
 

@@ -7,11 +7,11 @@ class's `from_pretrained(DIR)`:
     DIR/scheduler/        the sampler settings (the training objective, default sampler)
     DIR/vae/              the AutoencoderKL the latents came from (latent models only)
 """
-import shutil
 from pathlib import Path
 
 from pipelines import create_pipeline
 from vlgen.models import VisionLLaMADenoiser
+from vlgen.output_dir import replaced_dir
 from vlgen.training.checkpoint import read_checkpoint_config, read_data_info
 from vlgen.training.latents import load_vae
 
@@ -21,14 +21,9 @@ def export_checkpoint(checkpoint, out, overwrite=False):
     if not (checkpoint / "ema").is_dir():
         raise FileNotFoundError(f"{checkpoint} is not a training checkpoint (no ema/ directory); checkpoints are "
                                 f"OUTPUT/checkpoints/step-XXXXXXX")
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise FileExistsError(f"{out} exists and is not empty; choose another --out or pass --overwrite")
-    config, info = read_checkpoint_config(checkpoint), read_data_info(checkpoint)
-    model = VisionLLaMADenoiser.from_pretrained(checkpoint / "ema")
-    staging = out.parent / f".{out.name}.tmp"  # built aside, then moved into place
-    shutil.rmtree(staging, ignore_errors=True)
-    vae = load_vae(info["vae"]["vae"], info["vae"]["vae_subfolder"]) if "vae" in info else None
-    create_pipeline(model, config["objective"], info["class_names"], vae).save_pretrained(staging)
-    shutil.rmtree(out, ignore_errors=True)
-    staging.rename(out)
+    with replaced_dir(out, overwrite) as staging:  # built aside, then moved into place
+        config, info = read_checkpoint_config(checkpoint), read_data_info(checkpoint)
+        model = VisionLLaMADenoiser.from_pretrained(checkpoint / "ema")
+        vae = load_vae(info["vae"]["vae"], info["vae"]["vae_subfolder"]) if "vae" in info else None
+        create_pipeline(model, config["objective"], info["class_names"], vae).save_pretrained(staging)
     return out

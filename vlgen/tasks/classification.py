@@ -1,7 +1,6 @@
 """Image classification on the plain VisionLLaMA backbone: a Linear head on the class token."""
 import json
 import math
-import shutil
 from pathlib import Path
 
 import torch
@@ -12,6 +11,7 @@ from torch.nn import functional as F
 from tqdm.auto import tqdm
 
 from vlgen.models.vision_llama import PLAIN_SIZES, VisionLLaMA
+from vlgen.output_dir import replaced_dir
 
 
 class VisionLLaMAClassifier(ModelMixin, ConfigMixin):
@@ -121,21 +121,9 @@ def accuracy(model, dataset, batch_size=256, num_workers=0):
     return correct / len(dataset)
 
 
-def check_output_dir(out, overwrite=False):
-    """Refuse a non-empty output directory unless overwrite: checked before training, and again on save."""
-    out = Path(out)
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise FileExistsError(f"{out} exists and is not empty; choose another --out or pass --overwrite")
-    return out
-
-
 def save_classifier(model, out, metrics, overwrite=False):
     """model.save_pretrained(out) plus metrics.json, built aside and renamed into place."""
-    out = check_output_dir(out, overwrite)
-    staging = out.parent / f".{out.name}.tmp"
-    shutil.rmtree(staging, ignore_errors=True)
-    model.save_pretrained(staging)
-    (staging / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    shutil.rmtree(out, ignore_errors=True)
-    staging.rename(out)
-    return out
+    with replaced_dir(out, overwrite) as staging:
+        model.save_pretrained(staging)
+        (staging / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    return Path(out)

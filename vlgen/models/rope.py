@@ -11,20 +11,33 @@ import torch
 from torch import nn
 
 
-def rope_2d_angles(head_dim, grid_h, grid_w, theta=10000.0, scale_h=1.0, scale_w=1.0, prefix_tokens=0):
-    """Rotation angle of every (token, rotary pair): float64 (prefix_tokens + grid_h * grid_w,
-    head_dim // 2), tokens in row-major order. prefix_tokens (a class token) sit before the grid
-    at the row-major positions of flat indices -prefix_tokens ... -1: VisionLLaMA's classifier puts
-    its class token at flat index -1, i.e. row -1, column grid_w - 1."""
+def rope_angles_at(head_dim, x, y, theta=10000.0):
+    """Rotation angle of every (token, rotary pair) for tokens at columns x and rows y (float
+    tensors (T,), any real positions): float64 (T, head_dim // 2)."""
     if head_dim % 4:
         raise ValueError(f"2D RoPE needs a head dimension divisible by 4, got {head_dim}")
     freqs = theta ** (-torch.arange(0, head_dim, 4, dtype=torch.float64) / head_dim)  # (hd/4,)
+    x_angles = x.double()[:, None] * freqs  # (T, hd/4)
+    y_angles = y.double()[:, None] * freqs  # (T, hd/4)
+    return torch.stack([x_angles, y_angles], dim=-1).reshape(len(x), head_dim // 2)
+
+
+def rope_2d_angles(head_dim, grid_h, grid_w, theta=10000.0, scale_h=1.0, scale_w=1.0, prefix_tokens=0):
+    """rope_angles_at for a token grid in row-major order: (prefix_tokens + grid_h * grid_w,
+    head_dim // 2). prefix_tokens (a class token) sit before the grid at the row-major positions
+    of flat indices -prefix_tokens ... -1: VisionLLaMA's classifier puts its class token at flat
+    index -1, i.e. row -1, column grid_w - 1."""
     index = torch.arange(-prefix_tokens, grid_h * grid_w, dtype=torch.float64)
     y = torch.div(index, grid_w, rounding_mode="floor") * scale_h  # row
     x = torch.remainder(index, grid_w) * scale_w  # column
-    x_angles = x[:, None] * freqs  # (T, hd/4)
-    y_angles = y[:, None] * freqs  # (T, hd/4)
-    return torch.stack([x_angles, y_angles], dim=-1).reshape(len(index), head_dim // 2)
+    return rope_angles_at(head_dim, x, y, theta)
+
+
+def rope_tables(angles, device):
+    """The (cos, signed_sin) tables of apply_rope, float32 (T, head_dim), from angles (T, head_dim // 2)."""
+    angles = angles.repeat_interleave(2, dim=-1).to(device=device, dtype=torch.float32)
+    sign = torch.tensor([-1.0, 1.0], device=device).repeat(angles.shape[-1] // 2)
+    return angles.cos(), angles.sin() * sign
 
 
 def apply_rope(x, cos, signed_sin):
@@ -54,7 +67,5 @@ class RotaryEmbedding2D(nn.Module):
             scale_h = self.base_grid[0] / grid_h if self.auto_scale else 1.0
             scale_w = self.base_grid[1] / grid_w if self.auto_scale else 1.0
             angles = rope_2d_angles(self.head_dim, grid_h, grid_w, self.theta, scale_h, scale_w, self.prefix_tokens)
-            angles = angles.repeat_interleave(2, dim=-1).to(device=device, dtype=torch.float32)
-            sign = torch.tensor([-1.0, 1.0], device=device).repeat(self.head_dim // 2)
-            self._cache[key] = (angles.cos(), angles.sin() * sign)
+            self._cache[key] = rope_tables(angles, device)
         return self._cache[key]

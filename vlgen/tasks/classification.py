@@ -1,6 +1,5 @@
 """Image classification on the plain VisionLLaMA backbone: a Linear head on the class token."""
 import json
-import math
 from pathlib import Path
 
 import torch
@@ -8,10 +7,10 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 from torch.nn import functional as F
-from tqdm.auto import tqdm
 
 from vlgen.models.vision_llama import PLAIN_SIZES, VisionLLaMA
 from vlgen.output_dir import replaced_dir
+from vlgen.tasks.fitting import fit
 
 
 class VisionLLaMAClassifier(ModelMixin, ConfigMixin):
@@ -66,39 +65,15 @@ def _loader(dataset, batch_size, seed, shuffle, random_flip, num_workers):
 def train_classifier(model, dataset, *, steps=300, batch_size=64, lr=1e-3, weight_decay=0.05, warmup_steps=20,
                      seed=0, random_flip=True, num_workers=0, accelerator=None, progress=True):
     """Train model on dataset (items {"x", "y"} by (index, flip), e.g. ShapesDataset or
-    ImageFolderDataset) with AdamW, linear warm-up then cosine decay, cross-entropy; under
-    `accelerate launch` the batch is per process. Returns the per-step losses."""
-    from accelerate import Accelerator
-
-    if steps < 1 or batch_size < 1:
-        raise ValueError(f"steps and batch_size must be positive integers, got {steps} and {batch_size}")
+    ImageFolderDataset) with cross-entropy (vlgen.tasks.fitting.fit). Returns the per-step losses."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size}")
     if model.head.out_features != dataset.num_classes:
         raise ValueError(f"the model has {model.head.out_features} classes, the dataset {dataset.num_classes}")
-    accelerator = accelerator or Accelerator()
-    torch.manual_seed(seed)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / max(warmup_steps, 1)) * 0.5 * (
-        1 + math.cos(math.pi * min(s, steps) / steps)))
     loader = _loader(dataset, batch_size, seed, True, random_flip, num_workers)
-    model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
-    model.train()
-    losses, step = [], 0
-    bar = tqdm(total=steps, desc="classifier", disable=not (progress and accelerator.is_main_process))
-    while step < steps:
-        for images, labels in loader:
-            loss = F.cross_entropy(model(images), labels)
-            optimizer.zero_grad(set_to_none=True)
-            accelerator.backward(loss)
-            optimizer.step()
-            schedule.step()
-            losses.append(loss.detach())
-            step += 1
-            bar.update()
-            if step == steps:
-                break
-    bar.close()
-    model.eval()
-    return [float(loss) for loss in losses]
+    return fit(model, loader, lambda m, batch: F.cross_entropy(m(batch[0]), batch[1]), steps=steps, lr=lr,
+               weight_decay=weight_decay, warmup_steps=warmup_steps, seed=seed, accelerator=accelerator,
+               progress=progress, desc="classifier")
 
 
 @torch.no_grad()

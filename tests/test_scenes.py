@@ -36,3 +36,18 @@ def test_scene_errors():
         ShapeScenes(16)
     with pytest.raises(ValueError, match="must be positive"):
         ShapeScenes(64, max_shapes=0)
+
+
+def test_a_class_subset_draws_only_those_shapes_with_ids_by_position():
+    scenes = ShapeScenes(32, 40, classes=("square", "circle"))
+    assert scenes.class_names == ("square", "circle") and scenes.num_classes == 2
+    labels = torch.cat([scenes[i]["labels"] for i in range(len(scenes))])
+    assert set(labels.tolist()) == {0, 1}
+    square = next(scenes[i] for i in range(len(scenes)) if scenes[i]["labels"].tolist() == [0])
+    x0, y0 = square["boxes"][0, :2].ceil().int().tolist()  # the pixels wholly inside the box
+    x1, y1 = square["boxes"][0, 2:].floor().int().tolist()
+    assert (square["mask"][y0:y1, x0:x1] == 1).float().mean() > 0.95  # a square fills its box (a circle ~0.8)
+    with pytest.raises(ValueError, match="distinct names"):
+        ShapeScenes(32, classes=("square", "hexagon"))
+    with pytest.raises(ValueError, match="distinct names"):
+        ShapeScenes(32, classes=("square", "square"))

@@ -1,7 +1,7 @@
 """`ShapeScenes`: synthetic scenes of several non-overlapping shapes, with the labels dense tasks
 need: a class-id mask per pixel (segmentation) and a box and class per shape (detection).
 
-Shapes and colours are those of the `shapes` dataset (the same 10 classes). Scene i is drawn from
+Shapes and colours are those of the `shapes` dataset (its 10 classes, or a chosen subset). Scene i is drawn from
 its own seeded generator. Shapes, the mask and the boxes are drawn at 4x the resolution: the image
 is box-filtered down (anti-aliased), the mask takes the centre sample of each 4x4 block, and the
 boxes are the tight boxes of each shape's supersampled pixels, in output pixels (x0, y0, x1, y1).
@@ -33,12 +33,15 @@ def _place(rng, size, count):
 
 class ShapeScenes:
     """Items: dict(x=(3, H, W) in [-1, 1], mask=(H, W) int64 mask ids, boxes=(K, 4) float32,
-    labels=(K,) int64 class ids), K between 1 and max_shapes."""
+    labels=(K,) int64 class ids), K between 1 and max_shapes. classes: the shape names to draw
+    (class id = position in it), all ten by default; fewer make an easier task."""
 
-    class_names = CLASS_NAMES
-    num_classes = len(CLASS_NAMES)
-
-    def __init__(self, resolution=64, num_samples=1000, max_shapes=3, seed=0):
+    def __init__(self, resolution=64, num_samples=1000, max_shapes=3, seed=0, classes=CLASS_NAMES):
+        unknown = [name for name in classes if name not in CLASS_NAMES]
+        if unknown or not classes or len(set(classes)) != len(classes):
+            raise ValueError(f"classes must be distinct names from {CLASS_NAMES}, got {tuple(classes)}")
+        self.class_names = tuple(classes)
+        self.num_classes = len(self.class_names)
         if resolution < 32:
             raise ValueError(f"scene resolution must be at least 32 pixels, got {resolution}")
         if num_samples < 1 or max_shapes < 1:
@@ -61,9 +64,9 @@ class ShapeScenes:
                 colour = rng.integers(0, 256, 3)
                 if np.abs(colour - np.array(background)).sum() >= 160:
                     break
-            draw_shape(ImageDraw.Draw(image), CLASS_NAMES[label], cx, cy, r, tuple(int(c) for c in colour), background)
+            draw_shape(ImageDraw.Draw(image), self.class_names[label], cx, cy, r, tuple(int(c) for c in colour), background)
             own = Image.new("L", (size, size), 0)
-            draw_shape(ImageDraw.Draw(own), CLASS_NAMES[label], cx, cy, r, 1, 0)
+            draw_shape(ImageDraw.Draw(own), self.class_names[label], cx, cy, r, 1, 0)
             mask.paste(label + 1, mask=own.point(lambda v: 255 * v))
             ys, xs = np.nonzero(np.asarray(own))
             boxes.append([xs.min() / SUPERSAMPLING, ys.min() / SUPERSAMPLING,

@@ -89,6 +89,7 @@ def test_unknown_keys_and_wrong_types_name_the_key(values, message):
     (["data.kind=video"], "unknown data.kind 'video'"),
     (["objective.kind=gan"], "unknown objective.kind"),
     (["train.mixed_precision=fp8"], "unknown train.mixed_precision"),
+    (["train.mixed_precision=no"], "got the boolean False (YAML reads unquoted yes/no"),
     (["model.name=DiT-LLaMA-XL/3"], "unknown model 'DiT-LLaMA-XL/3'; did you mean"),
     (["data.kind=images"], "data.kind=images needs data.path"),
     (["train.global_batch_size=0"], "train.global_batch_size must be a positive integer"),

@@ -70,6 +70,12 @@ def _cmd_sample(args):
         print(f"wrote {written}")
 
 
+def _cmd_demo(args):
+    from vlgen.demo import run_demo
+
+    run_demo(args)
+
+
 def _cmd_train_classifier(args):
     from accelerate import Accelerator
 
@@ -125,6 +131,13 @@ def _cmd_export(args):
 def build_parser():
     parser = argparse.ArgumentParser(prog="vlgen", description="VisionLLaMA diffusion transformers.")
     sub = parser.add_subparsers(dest="command", required=True)
+
+    demo = sub.add_parser("demo", help="train, export, sample and score a small SiT-LLaMA on the built-in shapes "
+                                       "dataset: minutes on a CPU, writes demo-output/")
+    from vlgen.demo import add_arguments as add_demo_arguments
+
+    add_demo_arguments(demo)
+    demo.set_defaults(func=_cmd_demo)
 
     models = sub.add_parser("models", help="list the named model sizes and their parameter counts")
     models.set_defaults(func=_cmd_models)

@@ -112,6 +112,9 @@ def _coerce(value, annotation, key):
                     pass
         if option is str and isinstance(value, str):
             return value
+        if option is str and isinstance(value, bool) and len(options) == 1:
+            raise ValueError(f"config key {key}: expected a string, got the boolean {value!r} (YAML reads unquoted "
+                             f"yes/no/on/off/true/false as booleans): quote it, e.g. --set '{key}=\"no\"'")
         if typing.get_origin(option) is tuple and isinstance(value, (list, tuple)):
             items = typing.get_args(option)
             if len(value) == len(items):

@@ -1,0 +1,227 @@
+"""`vlgen demo`: the toolkit end to end on the built-in shapes dataset, minutes on a CPU.
+
+1. A small VisionLLaMA classifier learns real shapes images: the judge of the generated ones.
+2. A small SiT-LLaMA (flow matching; or DiT-LLaMA with DDPM, --framework dit) trains with the real
+   training loop (vlgen.training.train: EMA, checkpoints, metrics.jsonl).
+3. Its last checkpoint is exported as a pipeline directory (as `vlgen export` does).
+4. The pipeline samples every class with classifier-free guidance; the judge scores the samples:
+   the share shown as their conditioning class, and the Frechet distance between judge features
+   of generated and real images (FID's formula in the judge's feature space, not FID).
+
+OUT/ holds grid.png, loss.png, metrics.json, pipeline/, classifier/ and run/ (training output).
+"""
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+import torch
+
+from pipelines import labelled_grid, load_pipeline
+from vlgen.export import export_checkpoint
+from vlgen.output_dir import check_output_dir
+from vlgen.tasks.classification import accuracy, classify, create_classifier, save_classifier, train_classifier
+from vlgen.tasks.generation_metrics import generation_metrics
+from vlgen.training import load_config, train
+from vlgen.training.checkpoint import latest_checkpoint
+from vlgen.training.shapes import ShapesDataset
+
+FRAMEWORKS = {  # model family, objective, sampler of the scored samples
+    "sit": ("SiT-LLaMA-S", "flow", dict(sampler="ode", method="euler", num_inference_steps=25)),
+    "dit": ("DiT-LLaMA-S", "ddpm", dict(sampler="ddim", num_inference_steps=50)),
+}
+TOKENS_PER_SIDE = 8  # denoiser patch = resolution / 8: the same 64 tokens (and step cost) at any resolution
+JUDGE_TOKENS_PER_SIDE = 4  # classifier patch = resolution / 4 (measured: 0.97 held-out accuracy at 16 px)
+WIDTH = dict(hidden_size=128, depth=4, num_heads=4)  # denoiser and judge
+GRID_COLUMNS = 10
+GRID_PIXELS = 64  # grid cells are upscaled (nearest) to at least this size to stay visible
+REAL_IMAGES_SEED = 1_000_003  # held-out real images: neither the denoiser's nor the judge's training set
+
+
+def add_arguments(parser):
+    parser.add_argument("--out", default="demo-output", help="output directory (default demo-output)")
+    parser.add_argument("--framework", default="sit", choices=sorted(FRAMEWORKS),
+                        help="sit: SiT-LLaMA with flow matching (default); dit: DiT-LLaMA with DDPM")
+    parser.add_argument("--steps", type=int, default=4000, help="denoiser training steps (default 4000)")
+    parser.add_argument("--resolution", type=int, default=16, choices=[16, 32, 64],
+                        help="image side in pixels (default 16; the models keep 8x8 tokens, so larger is not slower "
+                             "per step but needs more steps)")
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+                        help="auto: a GPU when one is present, else the CPU")
+    parser.add_argument("--mixed-precision", default="bf16", choices=["no", "bf16", "fp16"],
+                        help="autocast for both trainings (default bf16: faster on CPUs with bf16 matmuls and on GPUs)")
+    parser.add_argument("--batch-size", type=int, default=32, help="denoiser training batch (default 32)")
+    parser.add_argument("--lr", type=float, default=1e-3, help="denoiser learning rate (default 1e-3)")
+    parser.add_argument("--classifier-steps", type=int, default=2000, help="judge training steps (default 2000)")
+    parser.add_argument("--samples-per-class", type=int, default=50,
+                        help="generated (and real) images per class that are scored (default 50)")
+    parser.add_argument("--guidance-scale", type=float, default=4.0, help="classifier-free guidance (default 4)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+
+
+def _check_args(args):
+    for name in ("steps", "batch_size", "classifier_steps"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be a positive integer, got {getattr(args, name)}")
+    if args.samples_per_class < 2:
+        raise ValueError(f"--samples-per-class must be at least 2 (the distance needs covariances), "
+                         f"got {args.samples_per_class}")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda: no CUDA device is visible; use --device cpu or auto")
+
+
+def _select_device(device):
+    """accelerate reads this before its first Accelerator: every stage then shares one device."""
+    if device == "cpu":
+        os.environ["ACCELERATE_USE_CPU"] = "true"
+
+
+def denoiser_config(args, out):
+    family, objective, _ = FRAMEWORKS[args.framework]
+    patch = args.resolution // TOKENS_PER_SIDE
+    return load_config(None, [
+        f"model.name={family}/{patch}", *(f"model.{key}={value}" for key, value in WIDTH.items()),
+        f"objective.kind={objective}",
+        f"data.resolution={args.resolution}", "data.num_samples=20000",
+        f"train.global_batch_size={args.batch_size}", f"train.max_steps={args.steps}", f"train.lr={args.lr}",
+        "train.warmup_steps=100", "train.ema_decay=0.995", f'train.mixed_precision="{args.mixed_precision}"',
+        f"train.seed={args.seed}",
+        f"logging.output_dir={out / 'run'}", "logging.log_every=25", f"logging.checkpoint_every={args.steps}",
+        "logging.sample_every=0", "logging.tracker=null",
+    ])
+
+
+def train_judge(args, out, accelerator):
+    """The classifier that scores generated images, trained on real shapes; returns it and its
+    held-out accuracy on real images."""
+    judge = create_classifier("S", ShapesDataset.num_classes, image_size=args.resolution,
+                              patch_size=args.resolution // JUDGE_TOKENS_PER_SIDE, layer_scale_init=0.1, **WIDTH)
+    train_classifier(judge, ShapesDataset(args.resolution, 50000, seed=args.seed + 1), steps=args.classifier_steps,
+                     batch_size=64, lr=1e-3, seed=args.seed, accelerator=accelerator)
+    judge = accelerator.unwrap_model(judge)
+    held_out = accuracy(judge, ShapesDataset(args.resolution, 1000, seed=REAL_IMAGES_SEED + 1))
+    save_classifier(judge, out / "classifier", {"held_out_accuracy": held_out})
+    return judge, held_out
+
+
+def real_images(resolution, per_class, seed):
+    data = ShapesDataset(resolution, per_class * ShapesDataset.num_classes, seed=seed)
+    return torch.stack([data[(i, False)]["x"] for i in range(len(data))])  # labels: i mod 10
+
+
+def sample_classes(pipe, args, device):
+    """samples_per_class images of every class, (N, 3, H, W) in [-1, 1], and their labels."""
+    _, _, sampler = FRAMEWORKS[args.framework]
+    labels = torch.arange(ShapesDataset.num_classes).repeat(args.samples_per_class)
+    generator = torch.Generator(device).manual_seed(args.seed)
+    images = pipe(labels.tolist(), guidance_scale=args.guidance_scale, generator=generator, output_type="pt",
+                  **sampler).images
+    return images.float().cpu() * 2 - 1, labels
+
+
+def save_grid(images, labels, path):
+    from torchvision.transforms.functional import to_pil_image
+
+    scale = max(1, GRID_PIXELS // images.shape[-1])
+    rows = []
+    for c, name in enumerate(ShapesDataset.class_names):
+        cells = images[labels == c][:GRID_COLUMNS]
+        cells = torch.nn.functional.interpolate(cells, scale_factor=scale, mode="nearest")
+        rows.append((name, [to_pil_image((cell + 1) / 2) for cell in cells.clamp(-1, 1)]))
+    labelled_grid(rows).save(path)
+
+
+def save_loss_curve(metrics_jsonl, path, title):
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display
+    import matplotlib.pyplot as plt
+
+    records = [json.loads(line) for line in Path(metrics_jsonl).read_text().splitlines()]
+    figure, axes = plt.subplots(figsize=(6, 4))
+    axes.plot([r["step"] for r in records], [r["loss"] for r in records])
+    axes.set(xlabel="step", ylabel="training loss (mean of each 25 steps)", title=title, yscale="log")
+    axes.grid(True, alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return records
+
+
+def run_demo(args):
+    """Runs the four stages; writes OUT/ and returns the metrics dict."""
+    from accelerate import Accelerator
+
+    _check_args(args)
+    out = check_output_dir(args.out, args.overwrite)
+    shutil.rmtree(out, ignore_errors=True)  # --overwrite: nothing of an earlier demo is mixed in
+    out.mkdir(parents=True)
+    _select_device(args.device)
+    config = denoiser_config(args, out)
+    accelerator = Accelerator(mixed_precision=args.mixed_precision)
+    device = accelerator.device
+    started = time.perf_counter()
+
+    print(f"[1/4] judge: a VisionLLaMA classifier on real {args.resolution}px shapes ({device})")
+    judge, judge_accuracy = train_judge(args, out, accelerator)
+    judge_seconds = time.perf_counter() - started
+
+    print(f"[2/4] denoiser: {config.model.name} (width {config.model.hidden_size}, depth {config.model.depth}), "
+          f"{config.objective.kind} objective, {args.steps} steps of {args.batch_size}")
+    train(config)
+    train_seconds = time.perf_counter() - started - judge_seconds
+    family, objective, sampler = FRAMEWORKS[args.framework]
+    records = save_loss_curve(out / "run" / "metrics.jsonl", out / "loss.png", f"{config.model.name} on shapes")
+
+    print("[3/4] export and sample")
+    export_checkpoint(latest_checkpoint(out / "run"), out / "pipeline")
+    pipe = load_pipeline(out / "pipeline").to(device)
+    generated, labels = sample_classes(pipe, args, device)
+    save_grid(generated, labels, out / "grid.png")
+    sample_seconds = time.perf_counter() - started - judge_seconds - train_seconds
+
+    print("[4/4] score the samples with the judge")
+    def judge_fn(images):
+        return classify(judge, images)
+
+    real = real_images(args.resolution, args.samples_per_class, REAL_IMAGES_SEED)
+    scores = generation_metrics(judge_fn, generated, labels, real)
+    # The distance between two real sets of this size: the floor a perfect generator would reach.
+    floor = generation_metrics(judge_fn, real_images(args.resolution, args.samples_per_class, REAL_IMAGES_SEED + 2),
+                               labels, real)
+    metrics = {
+        "framework": args.framework, "model": config.model.name, "objective": objective,
+        "resolution": args.resolution, "steps": args.steps, "batch_size": args.batch_size, "device": str(device),
+        "mixed_precision": args.mixed_precision, "first_loss": records[0]["loss"], "last_loss": records[-1]["loss"],
+        "judge_held_out_accuracy": judge_accuracy, "sampler": sampler, "guidance_scale": args.guidance_scale,
+        "samples_per_class": args.samples_per_class,
+        "generated_class_accuracy": scores["class_accuracy"],
+        "generated_per_class_accuracy": {ShapesDataset.class_names[c]: value
+                                         for c, value in scores["per_class_accuracy"].items()},
+        "judge_feature_frechet_distance": scores["feature_frechet_distance"],
+        "judge_feature_frechet_distance_real_vs_real": floor["feature_frechet_distance"],
+        "seconds": {"judge": judge_seconds, "denoiser_training": train_seconds, "sampling": sample_seconds,
+                    "total": time.perf_counter() - started},
+    }
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    print_summary(metrics, out)
+    return metrics
+
+
+def print_summary(metrics, out):
+    rows = [
+        ("denoiser", f"{metrics['model']} ({metrics['objective']}), {metrics['steps']} steps"),
+        ("training loss", f"{metrics['first_loss']:.4f} -> {metrics['last_loss']:.4f}"),
+        ("judge accuracy on real images", f"{metrics['judge_held_out_accuracy']:.3f}"),
+        ("generated class accuracy", f"{metrics['generated_class_accuracy']:.3f}"),
+        ("judge-feature Frechet distance", f"{metrics['judge_feature_frechet_distance']:.3f} "
+                                           f"(real vs real: {metrics['judge_feature_frechet_distance_real_vs_real']:.3f})"),
+        ("time", f"{metrics['seconds']['total']:.0f} s (judge {metrics['seconds']['judge']:.0f}, training "
+                 f"{metrics['seconds']['denoiser_training']:.0f}, sampling {metrics['seconds']['sampling']:.0f})"),
+        ("written", f"{out}/: grid.png, loss.png, metrics.json, pipeline/, classifier/, run/"),
+    ]
+    width = max(len(name) for name, _ in rows)
+    for name, value in rows:
+        print(f"{name:<{width}}  {value}")

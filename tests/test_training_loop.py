@@ -236,6 +236,22 @@ def test_mixed_precision_and_gradient_checkpointing_switches(tmp_path):
     assert all(p.dtype == torch.float32 for p in run.model.parameters())  # fp32 master weights
 
 
+@pytest.mark.slow
+def test_compiled_training_matches_eager(tmp_path):
+    """model.compile=true (torch.compile in place) trains to the eager weights and writes the same
+    checkpoint keys."""
+    eager = train(tiny_config(tmp_path / "eager", "train.max_steps=2"))
+    AcceleratorState._reset_state(reset_partial_state=True)
+    compiled = train(tiny_config(tmp_path / "compiled", "train.max_steps=2", "model.compile=true"))
+    assert compiled.model._compiled_call_impl is not None and eager.model._compiled_call_impl is None
+    saved = weights(tmp_path / "compiled" / "checkpoints" / "step-0000002")
+    assert saved.keys() == weights(tmp_path / "eager" / "checkpoints" / "step-0000002").keys()
+    for name, value in eager.model.state_dict().items():
+        torch.testing.assert_close(saved[name], value, rtol=0, atol=1e-5)
+    for a, b in zip(compiled.ema.parameters(), eager.ema.parameters()):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
+
+
 def test_export_writes_the_ema_weights(tmp_path):
     run = train(tiny_config(tmp_path / "run", "train.max_steps=2"))
     out = export_checkpoint(tmp_path / "run" / "checkpoints" / "step-0000002", tmp_path / "pipe")

@@ -36,6 +36,7 @@ JUDGE_TOKENS_PER_SIDE = 4  # classifier patch = resolution / 4 (measured: 0.97 h
 WIDTH = dict(hidden_size=128, depth=4, num_heads=4)  # denoiser and judge
 GRID_COLUMNS = 10
 GRID_PIXELS = 64  # grid cells are upscaled (nearest) to at least this size to stay visible
+DATA_WORKERS = 2  # shapes are drawn on the fly: rendering in worker processes keeps the judge's steps busy
 REAL_IMAGES_SEED = 1_000_003  # held-out real images: neither the denoiser's nor the judge's training set
 
 
@@ -84,7 +85,7 @@ def denoiser_config(args, out):
     return load_config(None, [
         f"model.name={family}/{patch}", *(f"model.{key}={value}" for key, value in WIDTH.items()),
         f"objective.kind={objective}",
-        f"data.resolution={args.resolution}", "data.num_samples=20000",
+        f"data.resolution={args.resolution}", "data.num_samples=20000", f"data.num_workers={DATA_WORKERS}",
         f"train.global_batch_size={args.batch_size}", f"train.max_steps={args.steps}", f"train.lr={args.lr}",
         "train.warmup_steps=100", "train.ema_decay=0.995", f'train.mixed_precision="{args.mixed_precision}"',
         f"train.seed={args.seed}",
@@ -99,9 +100,10 @@ def train_judge(args, out, accelerator):
     judge = create_classifier("S", ShapesDataset.num_classes, image_size=args.resolution,
                               patch_size=args.resolution // JUDGE_TOKENS_PER_SIDE, layer_scale_init=0.1, **WIDTH)
     train_classifier(judge, ShapesDataset(args.resolution, 50000, seed=args.seed + 1), steps=args.classifier_steps,
-                     batch_size=64, lr=1e-3, seed=args.seed, accelerator=accelerator)
+                     batch_size=64, lr=1e-3, seed=args.seed, num_workers=DATA_WORKERS, accelerator=accelerator)
     judge = accelerator.unwrap_model(judge)
-    held_out = accuracy(judge, ShapesDataset(args.resolution, 1000, seed=REAL_IMAGES_SEED + 1))
+    held_out_images = ShapesDataset(args.resolution, 1000, seed=REAL_IMAGES_SEED + 1)
+    held_out = accuracy(judge, held_out_images, num_workers=DATA_WORKERS)
     save_classifier(judge, out / "classifier", {"held_out_accuracy": held_out})
     return judge, held_out
 

@@ -21,6 +21,7 @@ class ModelConfig:
     num_heads: int | None = 4
     class_dropout_prob: float = 0.1  # labels dropped to the null class, for classifier-free guidance
     gradient_checkpointing: bool = False
+    compile: bool = False  # torch.compile the denoiser (measured on 2 CPU cores: 3% faster, after a minute of compiling)
 
 
 @dataclass
@@ -58,7 +59,7 @@ class TrainConfig:
     betas: tuple[float, float] = (0.9, 0.999)
     warmup_steps: int = 0  # linear learning-rate warm-up, then constant
     grad_clip: float | None = None  # max gradient norm
-    ema_decay: float = 0.999
+    ema_decay: float = 0.995  # short runs: 0.995^2000 leaves no trace of the initial weights (0.999^2000 leaves 14%)
     mixed_precision: str = "no"  # no, bf16 or fp16 (autocast; fp16 with loss scaling)
     seed: int = 0
 

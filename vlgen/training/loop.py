@@ -15,8 +15,8 @@ from vlgen.training.config import Config, plain_values, save_config
 from vlgen.training.ema import create_ema, update_ema
 
 # Settings that may differ between a checkpoint and the run resuming it.
-RESUME_MAY_CHANGE = {"train.max_steps", "train.mixed_precision", "model.gradient_checkpointing", "data.num_workers",
-                     "data.skip_bad", "logging"}
+RESUME_MAY_CHANGE = {"train.max_steps", "train.mixed_precision", "model.gradient_checkpointing", "model.compile",
+                     "data.num_workers", "data.skip_bad", "logging"}
 METRICS_FILE = "metrics.jsonl"
 
 
@@ -79,6 +79,8 @@ class Run:
         model = build_model(config.model, self.data_info)
         self.objective = build_objective(config.objective, model)
         self.ema = create_ema(model).to(accelerator.device)
+        if config.model.compile:
+            model.compile()  # in place: parameter names, state dicts and the EMA copy stay those of the plain model
         train = config.train
         optimizer = torch.optim.AdamW(model.parameters(), lr=train.lr, betas=train.betas,
                                       weight_decay=train.weight_decay)

@@ -20,10 +20,10 @@ LAYERS = {
     "vlgen.tasks": 4,  # perception heads and their training: models plus the training data
     "vlgen.train": 5,
     "vlgen.sample": 5,
-    "vlgen.demo": 5,
     "vlgen.export": 5,
-    "vlgen.cli": 6,  # the `vlgen` command dispatches to the entry modules above
-    "vlgen.__main__": 7,
+    "vlgen.demo": 6,  # runs the entry points above (training, export) one after another
+    "vlgen.cli": 7,  # the `vlgen` command dispatches to the entry modules above
+    "vlgen.__main__": 8,
 }
 
 

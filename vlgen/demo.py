@@ -14,6 +14,7 @@ import json
 import os
 import shutil
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -87,7 +88,7 @@ def denoiser_config(args, out):
         f"objective.kind={objective}",
         f"data.resolution={args.resolution}", "data.num_samples=20000", f"data.num_workers={DATA_WORKERS}",
         f"train.global_batch_size={args.batch_size}", f"train.max_steps={args.steps}", f"train.lr={args.lr}",
-        "train.warmup_steps=100", "train.ema_decay=0.995", f'train.mixed_precision="{args.mixed_precision}"',
+        "train.warmup_steps=100", f'train.mixed_precision="{args.mixed_precision}"',
         f"train.seed={args.seed}",
         f"logging.output_dir={out / 'run'}", "logging.log_every=25", f"logging.checkpoint_every={args.steps}",
         "logging.sample_every=0", "logging.tracker=null",
@@ -185,9 +186,7 @@ def run_demo(args):
     sample_seconds = time.perf_counter() - started - judge_seconds - train_seconds
 
     print("[4/4] score the samples with the judge")
-    def judge_fn(images):
-        return classify(judge, images)
-
+    judge_fn = partial(classify, judge)
     real = real_images(args.resolution, args.samples_per_class, REAL_IMAGES_SEED)
     scores = generation_metrics(judge_fn, generated, labels, real)
     # The distance between two real sets of this size: the floor a perfect generator would reach.

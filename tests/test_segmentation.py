@@ -3,10 +3,10 @@ import pytest
 import torch
 from torch.nn import functional as F
 
+from vlgen.output_dir import save_pretrained_with_metrics
 from vlgen.tasks.scenes import ShapeScenes
 from vlgen.tasks.segmentation import (IGNORE_INDEX, VisionLLaMASegmenter, check_masks, confusion_matrix,
-                                      evaluate_segmenter, mean_iou, save_segmenter, segmentation_loss,
-                                      train_segmenter)
+                                      evaluate_segmenter, mean_iou, segmentation_loss, train_segmenter)
 
 PYRAMID = dict(image_size=32, embed_dims=(16, 32, 32, 48), num_heads=(1, 2, 2, 3), depths=(1, 1, 2, 1),
                window_sizes=(4, 4, 4, 4))
@@ -64,7 +64,7 @@ def test_bad_masks_are_clear_errors():
 
 def test_save_and_load_round_trip(tmp_path):
     model = VisionLLaMASegmenter(4, "pyramid", PYRAMID, head_channels=8)
-    save_segmenter(model, tmp_path / "seg", {"miou": 0.5})
+    save_pretrained_with_metrics(model, tmp_path / "seg", {"miou": 0.5})
     loaded = VisionLLaMASegmenter.from_pretrained(tmp_path / "seg")
     images = torch.randn(1, 3, 32, 32)
     assert torch.equal(model(images), loaded(images))

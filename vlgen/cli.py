@@ -79,8 +79,8 @@ def _cmd_demo(args):
 def _cmd_train_classifier(args):
     from accelerate import Accelerator
 
-    from vlgen.output_dir import check_output_dir
-    from vlgen.tasks.classification import accuracy, create_classifier, save_classifier, train_classifier
+    from vlgen.output_dir import check_output_dir, save_pretrained_with_metrics
+    from vlgen.tasks.classification import accuracy, create_classifier, train_classifier
     from vlgen.training.images import ImageFolderDataset
     from vlgen.training.shapes import ShapesDataset
 
@@ -104,7 +104,7 @@ def _cmd_train_classifier(args):
     if held_out is not None:
         metrics["held_out_accuracy"] = accuracy(model, held_out, num_workers=args.num_workers)
     if accelerator.is_main_process:
-        save_classifier(model, args.out, metrics, overwrite=args.overwrite)
+        save_pretrained_with_metrics(model, args.out, metrics, overwrite=args.overwrite)
         summary = f", held-out accuracy {metrics['held_out_accuracy']:.3f}" if held_out is not None else ""
         print(f"wrote {args.out}: loss {losses[0]:.3f} -> {losses[-1]:.3f}{summary}")
 

@@ -21,8 +21,8 @@ import torch
 
 from pipelines import labelled_grid, load_pipeline
 from vlgen.export import export_checkpoint
-from vlgen.output_dir import check_output_dir
-from vlgen.tasks.classification import accuracy, classify, create_classifier, save_classifier, train_classifier
+from vlgen.output_dir import check_output_dir, save_pretrained_with_metrics
+from vlgen.tasks.classification import accuracy, classify, create_classifier, train_classifier
 from vlgen.tasks.generation_metrics import generation_metrics
 from vlgen.training import load_config, train
 from vlgen.training.checkpoint import latest_checkpoint
@@ -105,7 +105,7 @@ def train_judge(args, out, accelerator):
     judge = accelerator.unwrap_model(judge)
     held_out_images = ShapesDataset(args.resolution, 1000, seed=REAL_IMAGES_SEED + 1)
     held_out = accuracy(judge, held_out_images, num_workers=DATA_WORKERS)
-    save_classifier(judge, out / "classifier", {"held_out_accuracy": held_out})
+    save_pretrained_with_metrics(judge, out / "classifier", {"held_out_accuracy": held_out})
     return judge, held_out
 
 

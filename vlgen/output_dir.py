@@ -1,4 +1,5 @@
 """Output directories that are written whole or not at all."""
+import json
 import shutil
 from contextlib import contextmanager
 from pathlib import Path
@@ -22,3 +23,11 @@ def replaced_dir(out, overwrite=False):
     yield staging
     shutil.rmtree(out, ignore_errors=True)
     staging.rename(out)
+
+
+def save_pretrained_with_metrics(model, out, metrics, overwrite=False):
+    """model.save_pretrained(out) plus metrics.json, built aside and renamed into place."""
+    with replaced_dir(out, overwrite) as staging:
+        model.save_pretrained(staging)
+        (staging / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    return Path(out)

@@ -1,7 +1,4 @@
 """Image classification on the plain VisionLLaMA backbone: a Linear head on the class token."""
-import json
-from pathlib import Path
-
 import torch
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
@@ -9,7 +6,6 @@ from torch import nn
 from torch.nn import functional as F
 
 from vlgen.models.vision_llama import PLAIN_SIZES, VisionLLaMA
-from vlgen.output_dir import replaced_dir
 from vlgen.tasks.fitting import fit
 
 
@@ -95,10 +91,3 @@ def accuracy(model, dataset, batch_size=256, num_workers=0):
         correct += int((classify(model, images, batch_size)[0] == labels).sum())
     return correct / len(dataset)
 
-
-def save_classifier(model, out, metrics, overwrite=False):
-    """model.save_pretrained(out) plus metrics.json, built aside and renamed into place."""
-    with replaced_dir(out, overwrite) as staging:
-        model.save_pretrained(staging)
-        (staging / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    return Path(out)

@@ -3,10 +3,8 @@ torchvision's FeaturePyramidNetwork over the 4 backbone maps, then each level is
 finest stride by (3x3 conv, GroupNorm, ReLU, 2x upsampling) stages, the levels are summed, a 1x1
 convolution classifies every pixel and the logits are upsampled bilinearly to the image size.
 """
-import json
 import math
 from collections import OrderedDict
-from pathlib import Path
 
 import torch
 from diffusers.configuration_utils import ConfigMixin, register_to_config
@@ -15,7 +13,6 @@ from torch import nn
 from torch.nn import functional as F
 from torchvision.ops import FeaturePyramidNetwork
 
-from vlgen.output_dir import replaced_dir
 from vlgen.tasks.fitting import fit
 from vlgen.tasks.multiscale import create_multiscale_backbone
 
@@ -146,10 +143,3 @@ def evaluate_segmenter(model, dataset, batch_size=32, num_workers=0):
     miou, iou = mean_iou(confusion)
     return {"miou": miou, "pixel_accuracy": float(confusion.diag().sum() / confusion.sum()), "iou": iou}
 
-
-def save_segmenter(model, out, metrics, overwrite=False):
-    """model.save_pretrained(out) plus metrics.json, built aside and renamed into place."""
-    with replaced_dir(out, overwrite) as staging:
-        model.save_pretrained(staging)
-        (staging / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    return Path(out)

@@ -18,7 +18,7 @@ from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHe
 from torchvision.ops import FeaturePyramidNetwork
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
-from vlgen.tasks.fitting import fit
+from vlgen.tasks.fitting import batches, fit
 from vlgen.tasks.multiscale import create_multiscale_backbone
 
 # For images of a few objects (e.g. ShapeScenes): torchvision's defaults keep 2,000 proposals per
@@ -87,14 +87,10 @@ def check_targets(images, boxes, labels, num_classes):
             raise ValueError(f"image {index}: labels {label.tolist()} out of range [0, {num_classes})")
 
 
-def _loader(dataset, batch_size, shuffle, seed, num_workers):
-    def collate(items):
-        return (torch.stack([item["x"] for item in items]), [item["boxes"] for item in items],
-                [item["labels"] for item in items])
-
-    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, collate_fn=collate,
-                                       generator=torch.Generator().manual_seed(seed), num_workers=num_workers,
-                                       drop_last=shuffle)
+def _collate(items):
+    """Images stacked; boxes and labels as lists (their counts differ per image)."""
+    return (torch.stack([item["x"] for item in items]), [item["boxes"] for item in items],
+            [item["labels"] for item in items])
 
 
 def detection_loss(model, images, boxes, labels, num_classes, channels):
@@ -112,12 +108,10 @@ def _num_classes(model):
 def train_detector(model, dataset, *, steps=300, batch_size=8, lr=1e-3, weight_decay=0.05, warmup_steps=20, seed=0,
                    num_workers=0, accelerator=None, progress=True):
     """Train on dataset items {"x", "boxes" (K, 4) xyxy, "labels" (K,)} (e.g. ShapeScenes). Returns the losses."""
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size}")
     num_classes, channels = _num_classes(model), model.backbone.in_channels
     if num_classes != dataset.num_classes:
         raise ValueError(f"the detector has {num_classes} classes, the dataset {dataset.num_classes}")
-    return fit(model, _loader(dataset, batch_size, True, seed, num_workers),
+    return fit(model, batches(dataset, _collate, batch_size, shuffle=True, seed=seed, num_workers=num_workers),
                lambda m, batch: detection_loss(m, *batch, num_classes, channels), steps=steps, lr=lr,
                weight_decay=weight_decay, warmup_steps=warmup_steps, seed=seed, accelerator=accelerator,
                progress=progress, desc="detector")
@@ -168,7 +162,8 @@ def evaluate_detector(model, dataset, batch_size=16, num_workers=0):
     """COCO box mAP of model on every item of dataset."""
     num_classes = _num_classes(model)
     predictions, targets = [], []
-    for images, boxes, labels in _loader(dataset, batch_size, False, 0, num_workers):
+    for images, boxes, labels in batches(dataset, _collate, batch_size, shuffle=False, seed=0,
+                                         num_workers=num_workers):
         check_targets(images, boxes, labels, num_classes)
         predictions += detect(model, images)
         targets += [{"boxes": box, "labels": label} for box, label in zip(boxes, labels)]

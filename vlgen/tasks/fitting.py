@@ -6,6 +6,16 @@ import torch
 from tqdm.auto import tqdm
 
 
+def batches(dataset, collate, batch_size, *, shuffle, seed, num_workers):
+    """A DataLoader of collate(items) batches; shuffled (seeded, incomplete last batch dropped) for
+    training, in order for evaluation."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size}")
+    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, collate_fn=collate,
+                                       generator=torch.Generator().manual_seed(seed), num_workers=num_workers,
+                                       drop_last=shuffle)
+
+
 def fit(model, loader, loss_fn, *, steps, lr, weight_decay=0.05, warmup_steps=20, seed=0, accelerator=None,
         progress=True, desc="training"):
     """Run `steps` optimiser steps of loss_fn(model, batch) -> scalar over loader (iterated again

@@ -13,7 +13,7 @@ from torch import nn
 from torch.nn import functional as F
 from torchvision.ops import FeaturePyramidNetwork
 
-from vlgen.tasks.fitting import fit
+from vlgen.tasks.fitting import batches, fit
 from vlgen.tasks.multiscale import create_multiscale_backbone
 
 IGNORE_INDEX = 255  # mask id of pixels without a label (no loss, no score)
@@ -87,25 +87,18 @@ def segmentation_loss(model, images, masks, num_classes):
     return F.cross_entropy(model(images), masks, ignore_index=IGNORE_INDEX)
 
 
-def _loader(dataset, batch_size, shuffle, seed, num_workers):
-    def collate(items):
-        return torch.stack([item["x"] for item in items]), torch.stack([item["mask"] for item in items])
-
-    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, collate_fn=collate,
-                                       generator=torch.Generator().manual_seed(seed), num_workers=num_workers,
-                                       drop_last=shuffle)
+def _collate(items):
+    return torch.stack([item["x"] for item in items]), torch.stack([item["mask"] for item in items])
 
 
 def train_segmenter(model, dataset, *, steps=300, batch_size=16, lr=1e-3, weight_decay=0.05, warmup_steps=20, seed=0,
                     num_workers=0, accelerator=None, progress=True):
     """Train on dataset items {"x": (C, H, W), "mask": (H, W) ids} (e.g. ShapeScenes). Returns the losses."""
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size}")
     if model.config.num_classes != dataset.num_classes + 1:
         raise ValueError(f"the model has {model.config.num_classes} mask ids, the dataset {dataset.num_classes} "
                          "classes plus background")
     num_classes = model.config.num_classes
-    return fit(model, _loader(dataset, batch_size, True, seed, num_workers),
+    return fit(model, batches(dataset, _collate, batch_size, shuffle=True, seed=seed, num_workers=num_workers),
                lambda m, batch: segmentation_loss(m, *batch, num_classes), steps=steps, lr=lr, weight_decay=weight_decay,
                warmup_steps=warmup_steps, seed=seed, accelerator=accelerator, progress=progress, desc="segmenter")
 
@@ -137,7 +130,7 @@ def evaluate_segmenter(model, dataset, batch_size=32, num_workers=0):
     """{"miou", "pixel_accuracy", "iou" (per id)} of model on every item of dataset."""
     num_classes = model.config.num_classes
     confusion = torch.zeros(num_classes, num_classes, dtype=torch.long)
-    for images, masks in _loader(dataset, batch_size, False, 0, num_workers):
+    for images, masks in batches(dataset, _collate, batch_size, shuffle=False, seed=0, num_workers=num_workers):
         check_masks(masks, num_classes, images.shape)
         confusion += confusion_matrix(segment(model, images), masks, num_classes)
     miou, iou = mean_iou(confusion)

@@ -19,12 +19,13 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from vlgen.allocator import keep_freed_memory
 from vlgen.models import create_model
+from vlgen.training.optimizer import create_adamw
 
 
 def measure(name, batch_size, latent_size, steps, warmup, device):
     torch.manual_seed(0)
     model = create_model(name, sample_size=latent_size).to(device).train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0)
+    optimizer = create_adamw(model.parameters(), lr=1e-4)
     x = torch.randn(batch_size, 4, latent_size, latent_size, device=device)
     y = torch.randint(0, 1000, (batch_size,), device=device)
 

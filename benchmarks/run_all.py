@@ -75,12 +75,13 @@ def measure_train(device, model_name, precision, batch_size, steps=8, warmup=2):
     from vlgen.diffusion import create_diffusion
     from vlgen.models import create_model
     from vlgen.training.ema import create_ema, update_ema
+    from vlgen.training.optimizer import create_adamw
 
     torch.manual_seed(0)
     model = create_model(model_name, sample_size=32).to(device).train()
     ema = create_ema(model)
     diffusion = create_diffusion()  # 1000 linear steps, learned-range sigma: MSE + VLB
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0)
+    optimizer = create_adamw(model.parameters(), lr=1e-4)
     x = torch.randn(batch_size, 4, 32, 32, device=device)
     y = torch.randint(0, 1000, (batch_size,), device=device)
     autocast = torch.autocast(device, dtype=torch.bfloat16, enabled=precision == "bf16")

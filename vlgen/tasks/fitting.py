@@ -5,6 +5,8 @@ import math
 import torch
 from tqdm.auto import tqdm
 
+from vlgen.training.optimizer import create_adamw
+
 
 def batches(dataset, collate, batch_size, *, shuffle, seed, num_workers):
     """A DataLoader of collate(items) batches; shuffled (seeded, incomplete last batch dropped) for
@@ -26,7 +28,7 @@ def fit(model, loader, loss_fn, *, steps, lr, weight_decay=0.05, warmup_steps=20
         raise ValueError(f"steps must be a positive integer, got {steps}")
     accelerator = accelerator or Accelerator()
     torch.manual_seed(seed)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    optimizer = create_adamw(model.parameters(), lr=lr, weight_decay=weight_decay)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / max(warmup_steps, 1)) * 0.5 * (
         1 + math.cos(math.pi * min(s, steps) / steps)))
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader)

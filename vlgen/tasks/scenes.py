@@ -1,8 +1,8 @@
 """`ShapeScenes`: synthetic scenes of several non-overlapping shapes, with the labels dense tasks
 need: a class-id mask per pixel (segmentation) and a box and class per shape (detection).
 
-Shapes and colours are those of the `shapes` dataset (its 10 classes, or a chosen subset). Scene i is drawn from
-its own seeded generator. Shapes, the mask and the boxes are drawn at 4x the resolution: the image
+Shapes are those of the `shapes` dataset (its 10 classes, or a chosen subset), on backgrounds of
+any colour. Scene i is drawn from its own seeded generator. Shapes, the mask and the boxes are drawn at 4x the resolution: the image
 is box-filtered down (anti-aliased), the mask takes the centre sample of each 4x4 block, and the
 boxes are the tight boxes of each shape's supersampled pixels, in output pixels (x0, y0, x1, y1).
 """
@@ -11,10 +11,11 @@ import torch
 from PIL import Image, ImageDraw
 
 from vlgen.training.images import pil_to_tensor
-from vlgen.training.shapes import CLASS_NAMES, SUPERSAMPLING, draw_shape
+from vlgen.training.shapes import CLASS_NAMES, SUPERSAMPLING, contrasting_colour, draw_shape
 
 BACKGROUND = 0  # mask id of the background; shape class c has mask id c + 1
 PLACEMENT_TRIES = 50
+SCENE_MIN_CONTRAST = 160  # backgrounds of any colour here: shapes only need to stand out from them
 
 
 def _place(rng, size, count):
@@ -60,11 +61,8 @@ class ShapeScenes:
         boxes, labels = [], []
         for cx, cy, r in _place(rng, size, int(rng.integers(1, self.max_shapes + 1))):
             label = int(rng.integers(0, self.num_classes))
-            while True:
-                colour = rng.integers(0, 256, 3)
-                if np.abs(colour - np.array(background)).sum() >= 160:
-                    break
-            draw_shape(ImageDraw.Draw(image), self.class_names[label], cx, cy, r, tuple(int(c) for c in colour), background)
+            colour = contrasting_colour(rng, background, SCENE_MIN_CONTRAST)
+            draw_shape(ImageDraw.Draw(image), self.class_names[label], cx, cy, r, colour, background)
             own = Image.new("L", (size, size), 0)
             draw_shape(ImageDraw.Draw(own), self.class_names[label], cx, cy, r, 1, 0)
             mask.paste(label + 1, mask=own.point(lambda v: 255 * v))

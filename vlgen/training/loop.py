@@ -13,6 +13,7 @@ from vlgen.training.checkpoint import (checkpoint_dir, latest_checkpoint, load_c
                                        read_data_info, save_checkpoint)
 from vlgen.training.config import Config, plain_values, save_config
 from vlgen.training.ema import create_ema, update_ema
+from vlgen.training.optimizer import create_adamw
 
 # Settings that may differ between a checkpoint and the run resuming it.
 RESUME_MAY_CHANGE = {"train.max_steps", "train.mixed_precision", "model.gradient_checkpointing", "model.compile",
@@ -82,8 +83,7 @@ class Run:
         if config.model.compile:
             model.compile()  # in place: parameter names, state dicts and the EMA copy stay those of the plain model
         train = config.train
-        optimizer = torch.optim.AdamW(model.parameters(), lr=train.lr, betas=train.betas,
-                                      weight_decay=train.weight_decay)
+        optimizer = create_adamw(model.parameters(), lr=train.lr, betas=train.betas, weight_decay=train.weight_decay)
         # Not prepared by accelerate: it would step the schedule once per process.
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _learning_rate_factor(train.warmup_steps))
         self.model, self.optimizer = accelerator.prepare(model, optimizer)

@@ -3,6 +3,11 @@
 Sample i is drawn from its own seeded generator, so it is the same on every machine and in every
 process, and nothing is downloaded. The class is i mod 10; colours, size and position vary. Shapes
 are drawn at 4x the resolution and downsampled, so edges are anti-aliased at any size.
+
+Backgrounds are dark (every channel below 64) and shapes contrast with them. With backgrounds of
+any colour, a small generator spends its first thousands of steps on the background colour:
+SiT-LLaMA-S/2 (width 128, depth 4) at 16 px reached 25% generated class accuracy after 4,000
+steps on those, and 69% on dark backgrounds.
 """
 import math
 
@@ -13,6 +18,8 @@ from vlgen.training.images import pil_to_tensor
 
 CLASS_NAMES = ("circle", "square", "triangle", "diamond", "star", "plus", "ring", "cross", "bar", "half-disc")
 SUPERSAMPLING = 4
+DARKEST_BACKGROUND_LEVEL = 64  # background channels are drawn from [0, 64)
+MIN_CONTRAST = 240  # sum over channels of |shape colour - background colour|
 
 
 def _regular_polygon(cx, cy, radius, corners, rotation=-math.pi / 2):
@@ -63,13 +70,18 @@ def draw_shape(draw, name, cx, cy, r, colour, background):
         raise ValueError(f"unknown shape {name!r}; choose one of {CLASS_NAMES}")
 
 
-def _colours(rng):
-    """Background and shape colours at least 160 apart in the sum of channel differences."""
-    background = rng.integers(0, 256, 3)
+def contrasting_colour(rng, background, min_contrast):
+    """A random RGB colour at least min_contrast away from background (sum of channel differences)."""
     while True:
         colour = rng.integers(0, 256, 3)
-        if np.abs(colour - background).sum() >= 160:
-            return tuple(int(c) for c in background), tuple(int(c) for c in colour)
+        if np.abs(colour - np.asarray(background)).sum() >= min_contrast:
+            return tuple(int(c) for c in colour)
+
+
+def _colours(rng):
+    """A dark background colour and a shape colour that contrasts with it."""
+    background = tuple(int(c) for c in rng.integers(0, DARKEST_BACKGROUND_LEVEL, 3))
+    return background, contrasting_colour(rng, background, MIN_CONTRAST)
 
 
 def render_shape(label, resolution, rng):

@@ -7,6 +7,7 @@ from PIL import Image
 
 from pipelines import load_pipeline
 from vlgen.cli import main
+from vlgen.training import load_config
 from vlgen.training.shapes import CLASS_NAMES
 
 
@@ -43,6 +44,10 @@ def test_a_reduced_demo_writes_every_artefact(tmp_path, framework, capsys):
     assert pipe.config.id2label[0] == CLASS_NAMES[0]
     assert (out / "classifier" / "metrics.json").is_file()
     assert (out / "run" / "metrics.jsonl").is_file()
+    run_config = load_config(out / "run" / "config.yaml")
+    assert run_config.objective.kind == metrics["objective"] == ("flow" if framework == "sit" else "ddpm")
+    if framework == "sit":
+        assert run_config.objective.time_sampling == "logit-normal"
 
     AcceleratorState._reset_state(reset_partial_state=True)
     assert main(args) == 2  # a non-empty --out is kept unless --overwrite

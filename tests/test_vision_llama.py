@@ -187,7 +187,7 @@ def test_train_classifier_fits_its_data_and_checks_classes():
 def test_classifier_learns_shapes_and_keeps_accuracy_at_1_5x_with_as2drope():
     """650 steps of batch 32 on shapes (about a minute on 2 cores), then held-out accuracy at the
     training size and at 1.5x (48 px, a 12x12 token grid) with AS2DRoPE and with unscaled positions.
-    Measured: 0.286 at 32 px; at 48 px 0.272 with AS2DRoPE, 0.148 unscaled (chance 0.1)."""
+    Measured: 0.978 at 32 px; at 48 px 0.970 with AS2DRoPE, 0.304 unscaled (chance 0.1)."""
     from accelerate.state import AcceleratorState
 
     from vlgen.tasks.classification import accuracy, train_classifier
@@ -203,5 +203,5 @@ def test_classifier_learns_shapes_and_keeps_accuracy_at_1_5x_with_as2drope():
     model.backbone.rope._cache.clear()
     unscaled_48 = accuracy(model, ShapesDataset(48, 500, seed=1))
     print(f"accuracy: 32 px {at_32:.3f}; 48 px AS2DRoPE {scaled_48:.3f}, unscaled {unscaled_48:.3f}")
-    assert at_32 >= 0.2  # chance is 0.1
-    assert scaled_48 >= at_32 - 0.05 and scaled_48 >= unscaled_48 + 0.05
+    assert at_32 >= 0.8  # chance is 0.1
+    assert scaled_48 >= at_32 - 0.05 and scaled_48 >= unscaled_48 + 0.3

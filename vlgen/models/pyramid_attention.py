@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from vlgen.models.attention import Attention
+from vlgen.models.attention import Attention, attend
 from vlgen.models.rope import apply_rope, rope_2d_angles, rope_angles_at, rope_tables
 
 
@@ -93,7 +93,7 @@ class GlobalSubsampledAttention(nn.Module):
             summary = self.sr(x.transpose(1, 2).reshape(n, d, grid_h, grid_w)).flatten(2).transpose(1, 2)  # (N, M, D)
             summary = self.norm(summary)
         k, v = self.kv(summary).view(n, -1, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)  # (N, H, M, hd)
-        out = F.scaled_dot_product_attention(apply_rope(q, *q_rope), apply_rope(k, *k_rope), v)  # (N, H, T, hd)
+        out = attend(apply_rope(q, *q_rope), apply_rope(k, *k_rope), v)  # (N, H, T, hd)
         return self.proj(out.transpose(1, 2).reshape(n, t, d))
 
 

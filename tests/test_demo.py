@@ -48,6 +48,8 @@ def test_a_reduced_demo_writes_every_artefact(tmp_path, framework, capsys):
     assert run_config.objective.kind == metrics["objective"] == ("flow" if framework == "sit" else "ddpm")
     if framework == "sit":
         assert run_config.objective.time_sampling == "logit-normal"
+    else:
+        assert run_config.objective.noise_schedule == "cosine" and pipe.scheduler.config.noise_schedule == "cosine"
 
     AcceleratorState._reset_state(reset_partial_state=True)
     assert main(args) == 2  # a non-empty --out is kept unless --overwrite

@@ -10,7 +10,7 @@ from PIL import Image
 from vlgen.training.batches import GlobalBatches, ProcessBatches, local_slice, step_seed
 from vlgen.training.images import ImageFolderDataset, center_crop_arr, pil_to_tensor
 from vlgen.training.latents import LatentDataset, extract_latents
-from vlgen.training.shapes import CLASS_NAMES, DARKEST_BACKGROUND_LEVEL, MIN_CONTRAST, ShapesDataset
+from vlgen.training.shapes import BACKGROUND_LEVEL_LIMIT, CLASS_NAMES, MIN_CONTRAST, ShapesDataset
 
 
 def test_shapes_are_deterministic_balanced_and_any_resolution():
@@ -45,7 +45,7 @@ def test_shapes_stand_out_from_dark_backgrounds():
     for i in range(50):
         x = (dataset[(i, False)]["x"] + 1) * 255 / 2  # back to 0..255
         background = x[:, 0, 0]  # the corner is outside every shape
-        assert (background < DARKEST_BACKGROUND_LEVEL).all(), (i, background)
+        assert (background < BACKGROUND_LEVEL_LIMIT).all(), (i, background)
         assert (x - background[:, None, None]).abs().sum(0).max() >= MIN_CONTRAST - 1e-3  # a pixel fully inside
 
 

@@ -2,9 +2,10 @@
 need: a class-id mask per pixel (segmentation) and a box and class per shape (detection).
 
 Shapes are those of the `shapes` dataset (its 10 classes, or a chosen subset), on backgrounds of
-any colour. Scene i is drawn from its own seeded generator. Shapes, the mask and the boxes are drawn at 4x the resolution: the image
-is box-filtered down (anti-aliased), the mask takes the centre sample of each 4x4 block, and the
-boxes are the tight boxes of each shape's supersampled pixels, in output pixels (x0, y0, x1, y1).
+any colour. Scene i is drawn from its own seeded generator. Shapes, the mask and the boxes are
+drawn at 4x the resolution: the image is box-filtered down (anti-aliased), the mask takes the
+centre sample of each 4x4 block, and the boxes are the tight boxes of each shape's supersampled
+pixels, in output pixels (x0, y0, x1, y1).
 """
 import numpy as np
 import torch

@@ -18,7 +18,7 @@ from vlgen.training.images import pil_to_tensor
 
 CLASS_NAMES = ("circle", "square", "triangle", "diamond", "star", "plus", "ring", "cross", "bar", "half-disc")
 SUPERSAMPLING = 4
-DARKEST_BACKGROUND_LEVEL = 64  # background channels are drawn from [0, 64)
+BACKGROUND_LEVEL_LIMIT = 64  # background channels are drawn from [0, 64)
 MIN_CONTRAST = 240  # sum over channels of |shape colour - background colour|
 
 
@@ -80,7 +80,7 @@ def contrasting_colour(rng, background, min_contrast):
 
 def _colours(rng):
     """A dark background colour and a shape colour that contrasts with it."""
-    background = tuple(int(c) for c in rng.integers(0, DARKEST_BACKGROUND_LEVEL, 3))
+    background = tuple(int(c) for c in rng.integers(0, BACKGROUND_LEVEL_LIMIT, 3))
     return background, contrasting_colour(rng, background, MIN_CONTRAST)
 
 

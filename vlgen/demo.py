@@ -119,9 +119,9 @@ def real_images(resolution, per_class, seed):
     return torch.stack([data[(i, False)]["x"] for i in range(len(data))])  # labels: i mod 10
 
 
-def sample_classes(pipe, args, device):
-    """samples_per_class images of every class, (N, 3, H, W) in [-1, 1], and their labels."""
-    _, _, sampler = FRAMEWORKS[args.framework]
+def sample_classes(pipe, sampler, args, device):
+    """samples_per_class images of every class by the given sampler options, (N, 3, H, W) in
+    [-1, 1], and their labels."""
     labels = torch.arange(ShapesDataset.num_classes).repeat(args.samples_per_class)
     generator = torch.Generator(device).manual_seed(args.seed)
     images = pipe(labels.tolist(), guidance_scale=args.guidance_scale, generator=generator, output_type="pt",
@@ -186,7 +186,7 @@ def run_demo(args):
     print("[3/4] export and sample")
     export_checkpoint(latest_checkpoint(out / "run"), out / "pipeline")
     pipe = load_pipeline(out / "pipeline").to(device)
-    generated, labels = sample_classes(pipe, args, device)
+    generated, labels = sample_classes(pipe, sampler, args, device)
     save_grid(generated, labels, out / "grid.png")
     sample_seconds = time.perf_counter() - started - judge_seconds - train_seconds
 

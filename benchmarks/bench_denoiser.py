@@ -17,9 +17,9 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-from vlgen.allocator import keep_freed_memory
+from vlgen.commands.allocator import keep_freed_memory
 from vlgen.models import create_model
-from vlgen.training.optimizer import create_adamw
+from vlgen.core.optimizer import create_adamw
 
 
 def measure(name, batch_size, latent_size, steps, warmup, device):

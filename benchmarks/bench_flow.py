@@ -12,7 +12,7 @@ import torch
 
 from sampling import classifier_free_guidance, sample_ode
 from sampling_setup import latent_batch, random_weight_model, sampling_arguments
-from vlgen.allocator import keep_freed_memory
+from vlgen.commands.allocator import keep_freed_memory
 from vlgen.transport import Transport
 
 

@@ -14,7 +14,7 @@ import torch
 from pipelines import create_pipeline
 from sampling import classifier_free_guidance, sample_ddpm, sample_ode
 from sampling_setup import latent_batch, random_weight_model, sampling_arguments
-from vlgen.allocator import keep_freed_memory
+from vlgen.commands.allocator import keep_freed_memory
 from vlgen.diffusion import create_diffusion
 from vlgen.transport import Transport
 

@@ -12,7 +12,7 @@ import torch
 from sampling import classifier_free_guidance, sample_ddim, sample_ddpm
 from vlgen.diffusion import create_diffusion
 from sampling_setup import latent_batch, random_weight_model, sampling_arguments
-from vlgen.allocator import keep_freed_memory
+from vlgen.commands.allocator import keep_freed_memory
 
 
 def time_sampler(sampler, denoise, diffusion, noise, labels):

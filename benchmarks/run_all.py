@@ -27,7 +27,7 @@ import time
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from vlgen.allocator import keep_freed_memory
+from vlgen.commands.allocator import keep_freed_memory
 
 TARGETS = (  # (description, value key, limit, "min" or "max")
     ("fp32 training FLOP/s / fp32 matmul FLOP/s", "train_fp32_fraction", 0.85, "min"),
@@ -75,7 +75,7 @@ def measure_train(device, model_name, precision, batch_size, steps=8, warmup=2):
     from vlgen.diffusion import create_diffusion
     from vlgen.models import create_model
     from vlgen.training.ema import create_ema, update_ema
-    from vlgen.training.optimizer import create_adamw
+    from vlgen.core.optimizer import create_adamw
 
     torch.manual_seed(0)
     model = create_model(model_name, sample_size=32).to(device).train()

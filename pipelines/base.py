@@ -8,10 +8,10 @@ from diffusers import DiffusionPipeline, ImagePipelineOutput
 from diffusers.image_processor import VaeImageProcessor
 
 from pipelines.options import check_sampler_options
-from sampling import classifier_free_guidance
 from sampling.noise import randn
-from vlgen.choices import check_choice
-from vlgen.training.latents import latent_scaling
+from vlgen.core.choices import check_choice
+from vlgen.core.guidance import classifier_free_guidance
+from vlgen.models.vae import latent_scaling
 
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
 
@@ -95,17 +95,10 @@ class ClassConditionalPipeline(DiffusionPipeline):
         def denoise(x, t, y):
             return transformer(x.to(dtype), t, y).float()
 
-        if guidance_scale < 0:
-            raise ValueError(f"guidance_scale must be >= 0 (1 is the conditional model), got {guidance_scale}")
-        if guidance_scale == 1:
-            return denoise
-        if transformer.null_class_id is None:
-            raise ValueError("classifier-free guidance needs a model trained with label dropout (class_dropout_prob "
-                             "> 0); this one has none: use guidance_scale=1")
-        channels = transformer.config.in_channels if guided_channels is None else guided_channels
-        if not 0 < channels <= transformer.config.in_channels:
-            raise ValueError(f"guided_channels must be in [1, {transformer.config.in_channels}], got {channels}")
-        return classifier_free_guidance(denoise, guidance_scale, transformer.null_class_id, channels, guidance_interval)
+        in_channels = transformer.config.in_channels
+        guided = in_channels if guided_channels is None else guided_channels
+        return classifier_free_guidance(denoise, guidance_scale, transformer.null_class_id, guided, guidance_interval,
+                                        prediction_channels=in_channels)
 
     def _decode(self, x):
         """Model samples -> images in [-1, 1]: the VAE decodes latents (x / scale + shift)."""

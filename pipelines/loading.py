@@ -5,6 +5,7 @@ from pathlib import Path
 from pipelines.ddpm import DiTLLaMAPipeline
 from pipelines.flow import SiTLLaMAPipeline
 from pipelines.settings import DDPMSettings, FlowSettings
+from vlgen.objectives import create_objective
 
 PIPELINES = {cls.__name__: cls for cls in (DiTLLaMAPipeline, SiTLLaMAPipeline)}
 
@@ -14,12 +15,13 @@ def create_pipeline(transformer, objective, class_names, vae=None, **sampler_def
     section as a dict: kind "ddpm" or "flow" and its settings). sampler_defaults: the saved
     sampler, num_inference_steps (and method, for flow)."""
     id2label = dict(enumerate(class_names))
-    if objective["kind"] == "ddpm":
+    process = create_objective(objective, learn_sigma=transformer.out_channels == 2 * transformer.config.in_channels)
+    if process.kind == "ddpm":
         settings = DDPMSettings(noise_schedule=objective["noise_schedule"], diffusion_steps=objective["diffusion_steps"],
-                                prediction=objective["prediction"] or "eps", **sampler_defaults)
+                                prediction=process.prediction, **sampler_defaults)
         return DiTLLaMAPipeline(transformer, settings, vae, id2label)
-    settings = FlowSettings(path=objective["path"], prediction=objective["prediction"] or "velocity",
-                            sample_eps=objective["sample_eps"], **sampler_defaults)
+    settings = FlowSettings(path=process.path_type, prediction=process.prediction, sample_eps=process.sample_eps,
+                            **sampler_defaults)
     return SiTLLaMAPipeline(transformer, settings, vae, id2label)
 
 

@@ -1,6 +1,6 @@
 """The sampler keyword arguments a pipeline accepts, checked before sampling: a misspelt option
 would otherwise reach the denoiser as a conditioning input."""
-from vlgen.choices import check_choice
+from vlgen.core.choices import check_choice
 
 
 def check_sampler_options(sampler, options, allowed):

@@ -7,11 +7,13 @@ method by looking the base class up in this module's namespace, so keep the impo
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.schedulers.scheduling_utils import SCHEDULER_CONFIG_NAME, SchedulerMixin
 
-from vlgen.choices import check_choice
-from vlgen.diffusion import create_diffusion
-from vlgen.diffusion.schedules import SCHEDULES
+from vlgen.core.choices import check_choice
+from vlgen.diffusion import GaussianDiffusion, create_diffusion
+from vlgen.diffusion.gaussian import DEFAULT_PREDICTION as DDPM_PREDICTION
 from vlgen.diffusion.gaussian import PREDICTIONS
+from vlgen.diffusion.schedules import SCHEDULES
 from vlgen.transport import Transport
+from vlgen.transport.transport import DEFAULT_PREDICTION as FLOW_PREDICTION
 
 DDPM_SAMPLERS = ("ddpm", "ddim")
 FLOW_SAMPLERS = ("ode", "sde")
@@ -30,8 +32,8 @@ class DDPMSettings(SchedulerMixin, ConfigMixin):
     config_name = SCHEDULER_CONFIG_NAME
 
     @register_to_config
-    def __init__(self, noise_schedule: str = "linear", diffusion_steps: int = 1000, prediction: str = "eps",
-                 sampler: str = "ddpm", num_inference_steps: int = 250):
+    def __init__(self, noise_schedule: str = "linear", diffusion_steps: int = 1000, prediction: str = DDPM_PREDICTION,
+                 sampler: str = GaussianDiffusion.default_sampler, num_inference_steps: int = 250):
         check_choice("noise schedule", noise_schedule, SCHEDULES)
         check_choice("prediction", prediction, PREDICTIONS)
         check_choice("sampler", sampler, DDPM_SAMPLERS)
@@ -59,8 +61,8 @@ class FlowSettings(SchedulerMixin, ConfigMixin):
     config_name = SCHEDULER_CONFIG_NAME
 
     @register_to_config
-    def __init__(self, path: str = "Linear", prediction: str = "velocity", sample_eps: float | None = None,
-                 sampler: str = "ode", method: str = "dopri5", num_inference_steps: int = 250):
+    def __init__(self, path: str = "Linear", prediction: str = FLOW_PREDICTION, sample_eps: float | None = None,
+                 sampler: str = Transport.default_sampler, method: str = "dopri5", num_inference_steps: int = 250):
         check_choice("sampler", sampler, FLOW_SAMPLERS)
         _check_steps(num_inference_steps)
         self.transport = Transport(path, prediction, sample_eps=sample_eps)  # checks path, prediction, sample_eps

@@ -3,6 +3,7 @@ import torch
 from tqdm.auto import tqdm
 
 from sampling.noise import check_finite, randn_like
+from vlgen.diffusion.gaussian import gather
 
 
 def _steps(diffusion, progress, desc):
@@ -38,8 +39,8 @@ def sample_ddim(denoise, diffusion, noise, *, eta=0.0, clip_denoised=False, gene
         t, out = _predict(denoise, diffusion, x, i, clip_denoised, cond)
         pred_x0 = out["pred_x0"]
         eps = diffusion.predict_eps_from_x0(x, t, pred_x0)
-        alpha_bar = diffusion.extract("alphas_cumprod", t, x)
-        alpha_bar_prev = diffusion.extract("alphas_cumprod_prev", t, x)
+        tables = diffusion.tables_on(t.device)
+        alpha_bar, alpha_bar_prev = gather(tables.alphas_cumprod, t, x), gather(tables.alphas_cumprod_prev, t, x)
         sigma = eta * torch.sqrt((1 - alpha_bar_prev) / (1 - alpha_bar)) * torch.sqrt(1 - alpha_bar / alpha_bar_prev)
         x = pred_x0 * torch.sqrt(alpha_bar_prev) + torch.sqrt(1 - alpha_bar_prev - sigma**2) * eps
         if i > 0 and eta > 0:

@@ -10,7 +10,7 @@ from torchdiffeq import odeint
 from tqdm.auto import tqdm
 
 from sampling.noise import check_finite, randn_like
-from vlgen.choices import check_choice
+from vlgen.core.choices import check_choice
 from vlgen.transport import DIFFUSION_FORMS
 from vlgen.transport.paths import expand_like
 from vlgen.transport.transport import check_output

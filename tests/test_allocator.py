@@ -5,7 +5,7 @@ import pytest
 
 PROBE = """
 import resource, sys, torch
-from vlgen.allocator import keep_freed_memory
+from vlgen.commands.allocator import keep_freed_memory
 from vlgen.models import create_model
 if sys.argv[1] == "keep":
     assert keep_freed_memory()

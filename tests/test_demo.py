@@ -6,9 +6,9 @@ from accelerate.state import AcceleratorState
 from PIL import Image
 
 from pipelines import load_pipeline
-from vlgen.cli import main
+from vlgen.commands.cli import main
 from vlgen.training import load_config
-from vlgen.training.shapes import CLASS_NAMES
+from vlgen.data.shapes import CLASS_NAMES
 
 
 @pytest.fixture(autouse=True)

@@ -4,7 +4,7 @@ import torch
 
 from vlgen.tasks.detection import (SMALL_IMAGE_OPTIONS, check_targets, coco_box_map, create_detector, detect,
                                    detection_loss, evaluate_detector, train_detector)
-from vlgen.tasks.scenes import ShapeScenes
+from vlgen.data.scenes import ShapeScenes
 
 PYRAMID = dict(embed_dims=(16, 32, 32, 48), num_heads=(1, 2, 2, 3), depths=(1, 1, 2, 1), window_sizes=(4, 4, 4, 4))
 PLAIN = dict(patch_size=8, hidden_size=32, depth=2, num_heads=2)

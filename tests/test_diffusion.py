@@ -66,7 +66,7 @@ def test_vlb_of_a_gaussian_case():
     assert torch.allclose(at_posterior, torch.zeros(4, dtype=torch.float64), atol=1e-9)
     at_beta = diffusion.vb_terms_bpd(torch.cat([noise, torch.ones_like(noise)], 1), x0, x_t, t)
     betas = torch.from_numpy(beta_schedule("linear"))[t]
-    posterior = diffusion.tables["posterior_variance"][t]
+    posterior = diffusion.tables.posterior_variance[t]
     expected = 0.5 * (-1 + torch.log(betas / posterior) + posterior / betas) / math.log(2)
     assert torch.allclose(at_beta, expected, rtol=1e-9)
 
@@ -101,7 +101,7 @@ def test_respacing_keeps_alpha_bar_of_kept_steps():
     for spacing in ("250", "ddim50", "10,15,20", "7"):
         respaced = create_diffusion(spacing)
         kept = torch.tensor(respaced.timestep_map)
-        assert torch.allclose(respaced.tables["alphas_cumprod"], full.tables["alphas_cumprod"][kept], rtol=1e-12)
+        assert torch.allclose(respaced.tables.alphas_cumprod, full.tables.alphas_cumprod[kept], rtol=1e-12)
         assert respaced.model_timesteps(torch.arange(respaced.num_timesteps)).tolist() == respaced.timestep_map
     assert space_timesteps(1000, "ddim50") == list(range(0, 1000, 20))
     assert len(space_timesteps(300, "10,15,20")) == 45

@@ -10,7 +10,7 @@ import torch
 import torch_fidelity
 from PIL import Image
 
-from vlgen.cli import main
+from vlgen.commands.cli import main
 from vlgen.evaluation import InceptionFeatures, evaluate, feature_statistics, frechet_distance, load_reference, to_uint8
 from vlgen.evaluation.images import open_images
 from vlgen.evaluation.inception import WEIGHTS_ENV, save_random_inception_weights

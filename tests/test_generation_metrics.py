@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from vlgen.tasks.generation_metrics import generation_metrics
+from vlgen.evaluation.generation_metrics import generation_metrics
 
 NUM_CLASSES = 5
 

@@ -128,9 +128,11 @@ def test_bad_call_arguments_are_clear_errors():
         pipe([0, 1], latents=torch.zeros(1, 3, 16, 16))
     with pytest.raises(ValueError, match="unknown output_type"):
         pipe([0], output_type="jpeg")
-    with pytest.raises(ValueError, match="guidance_scale must be >= 0"):
+    with pytest.raises(ValueError, match="guidance_scale must be a finite number >= 0"):
         pipe([0], guidance_scale=-1.0)
-    with pytest.raises(ValueError, match="needs a model trained with label dropout"):
+    with pytest.raises(ValueError, match="guidance_scale must be a finite number >= 0"):
+        pipe([0], guidance_scale=float("nan"))
+    with pytest.raises(ValueError, match="needs a null class"):
         tiny_pipeline("flow", class_dropout_prob=0.0)([0], guidance_scale=2.0)
     with pytest.raises(ValueError, match="one per sample"):
         pipe([0, 1], generator=[seeded()])

@@ -9,7 +9,7 @@ from accelerate.state import AcceleratorState
 from PIL import Image
 from test_pipelines import tiny_pipeline
 
-from vlgen import sample as sample_module
+from vlgen.commands import sample as sample_module
 
 class Killed(Exception):
     """Stands for the process being killed mid-run."""

@@ -8,7 +8,7 @@ from vlgen.diffusion import create_diffusion
 from vlgen.diffusion.diffusers_schedulers import diffusers_scheduler
 
 MU, STD = 0.5, 0.3  # Gaussian "data": every pixel ~ N(0.5, 0.3^2)
-ALPHAS_CUMPROD = create_diffusion().tables["alphas_cumprod"]
+ALPHAS_CUMPROD = create_diffusion().tables.alphas_cumprod
 
 
 def gaussian_oracle(x, t, **_):
@@ -133,7 +133,7 @@ def test_tiny_model_learns_a_toy_dataset_with_the_hybrid_loss():
     for _ in range(300):
         y = torch.randint(0, 2, (32,))
         x0 = patterns[y]
-        loss = diffusion.training_losses(model, x0, diffusion.sample_timesteps(32, "cpu"), y=y)["loss"].mean()
+        loss = diffusion.training_losses(model, x0, diffusion.sample_times(32, "cpu"), y=y)["loss"].mean()
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from vlgen.tasks.scenes import BACKGROUND, ShapeScenes
+from vlgen.data.scenes import BACKGROUND, ShapeScenes
 
 
 def test_scenes_are_deterministic_and_well_formed():

@@ -3,8 +3,8 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from vlgen.output_dir import save_pretrained_with_metrics
-from vlgen.tasks.scenes import ShapeScenes
+from vlgen.core.output_dir import save_pretrained_with_metrics
+from vlgen.data.scenes import ShapeScenes
 from vlgen.tasks.segmentation import (IGNORE_INDEX, VisionLLaMASegmenter, check_masks, confusion_matrix,
                                       evaluate_segmenter, mean_iou, segmentation_loss, train_segmenter)
 

@@ -7,10 +7,10 @@ import pytest
 import torch
 from PIL import Image
 
-from vlgen.training.batches import GlobalBatches, ProcessBatches, local_slice, step_seed
-from vlgen.training.images import ImageFolderDataset, center_crop_arr, pil_to_tensor
-from vlgen.training.latents import LatentDataset, extract_latents
-from vlgen.training.shapes import BACKGROUND_LEVEL_LIMIT, CLASS_NAMES, MIN_CONTRAST, ShapesDataset
+from vlgen.data.batches import GlobalBatches, ProcessBatches, local_slice, step_seed
+from vlgen.data.images import ImageFolderDataset, center_crop_arr, pil_to_tensor
+from vlgen.data.latents import LatentDataset, extract_latents
+from vlgen.data.shapes import BACKGROUND_LEVEL_LIMIT, CLASS_NAMES, MIN_CONTRAST, ShapesDataset
 
 
 def test_shapes_are_deterministic_balanced_and_any_resolution():

@@ -12,13 +12,13 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from pipelines import load_pipeline
-from vlgen.export import export_checkpoint
+from vlgen.commands.export import export_checkpoint
 from vlgen.models import VisionLLaMADenoiser
 from vlgen.training import checkpoint as checkpoint_module
 from vlgen.training import load_config, train
 from vlgen.training.checkpoint import latest_checkpoint, list_checkpoints
 from vlgen.training.ema import create_ema, update_ema
-from vlgen.training.optimizer import create_adamw
+from vlgen.core.optimizer import create_adamw
 
 # A tiny run: 16x16 shapes, 2 blocks of width 64, batch 8.
 TINY = ["model.hidden_size=64", "model.depth=2", "model.num_heads=2", "data.resolution=16", "data.num_samples=200",
@@ -196,7 +196,7 @@ def test_training_on_images_with_a_corrupt_file(tmp_path):
 def test_training_on_latents_shape_mismatch_and_export(tmp_path):
     from test_training_data import _image_folder, tiny_vae
 
-    from vlgen.training.latents import extract_latents
+    from vlgen.data.latents import extract_latents
     from vlgen.training.loop import Run
     from accelerate import Accelerator
 

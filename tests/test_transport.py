@@ -140,11 +140,11 @@ def test_default_eps_and_explicit_values():
 
 def test_training_times_uniform_and_logit_normal():
     generator = torch.Generator().manual_seed(0)
-    uniform = Transport("Linear", "noise").sample_time(20000, "cpu", generator)
+    uniform = Transport("Linear", "noise").sample_times(20000, "cpu", generator)
     assert uniform.min() >= 1e-3 and uniform.max() <= 1 - 1e-3
     assert uniform.mean().item() == pytest.approx(0.5, abs=0.01)
     assert uniform.std().item() == pytest.approx(1 / math.sqrt(12), rel=0.02)
-    logit = Transport(time_sampling="logit-normal", logit_mean=0.5, logit_std=1.0).sample_time(20000, "cpu", generator)
+    logit = Transport(time_sampling="logit-normal", logit_mean=0.5, logit_std=1.0).sample_times(20000, "cpu", generator)
     z = torch.logit(logit.double())
     assert z.mean().item() == pytest.approx(0.5, abs=0.03)
     assert z.std().item() == pytest.approx(1.0, rel=0.03)

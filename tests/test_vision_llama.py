@@ -7,7 +7,7 @@ from vlgen.models.mlp import swiglu_hidden_size
 from vlgen.models.rope import rope_2d_angles
 from vlgen.models.vision_llama import PLAIN_SIZES, create_vision_llama
 from vlgen.tasks.classification import VisionLLaMAClassifier, create_classifier
-from vlgen.training.shapes import ShapesDataset
+from vlgen.data.shapes import ShapesDataset
 
 TINY = dict(image_size=32, patch_size=4, hidden_size=32, depth=2, num_heads=2)
 

@@ -1,6 +1,6 @@
 """`python -m vlgen ...` and `accelerate launch -m vlgen ...`: the `vlgen` command."""
 import sys
 
-from vlgen.cli import main
+from vlgen.commands.cli import main
 
 sys.exit(main())

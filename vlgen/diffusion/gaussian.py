@@ -5,24 +5,61 @@ Timestep indices t run over this (possibly respaced) process; the model always s
 timesteps, `model_timesteps(t)`.
 """
 import math
+import warnings
+from dataclasses import dataclass, fields
 
 import numpy as np
 import torch
 
-from vlgen.choices import check_choice
+from vlgen.core.choices import check_choice
+from vlgen.core.reductions import mean_flat
 from vlgen.diffusion.likelihood import discretized_gaussian_log_likelihood, normal_kl
 from vlgen.diffusion.schedules import beta_schedule, space_timesteps
 
 PREDICTIONS = ("eps", "x0", "v")
+DEFAULT_PREDICTION = "eps"  # DiT's
 VARIANCES = ("fixed_small", "fixed_large", "learned_range")
 
 
-def mean_flat(x):
-    return x.mean(dim=list(range(1, x.ndim)))
+@dataclass(frozen=True)
+class ScheduleTables:
+    """The per-timestep tables of a (respaced) process: float64 on the CPU, or copies on a device."""
+
+    betas: torch.Tensor
+    alphas_cumprod: torch.Tensor
+    alphas_cumprod_prev: torch.Tensor
+    sqrt_alphas_cumprod: torch.Tensor
+    sqrt_one_minus_alphas_cumprod: torch.Tensor
+    log_one_minus_alphas_cumprod: torch.Tensor
+    sqrt_recip_alphas_cumprod: torch.Tensor
+    sqrt_recipm1_alphas_cumprod: torch.Tensor
+    posterior_variance: torch.Tensor
+    posterior_log_variance_clipped: torch.Tensor
+    posterior_mean_coef1: torch.Tensor
+    posterior_mean_coef2: torch.Tensor
+    log_betas: torch.Tensor
+    fixed_large_log_variance: torch.Tensor
+    timestep_map: torch.Tensor
+
+    def to(self, device):
+        return ScheduleTables(**{f.name: getattr(self, f.name).to(device) for f in fields(self)})
+
+
+def gather(table, t, x):
+    """table[t] broadcast to x's shape, in x's dtype."""
+    return table[t].to(x.dtype).view(-1, *([1] * (x.ndim - 1))).expand_as(x)
 
 
 class GaussianDiffusion:
-    def __init__(self, betas, prediction="eps", variance="learned_range", timestep_map=None):
+    """The DDPM training objective and the posterior its samplers step through.
+
+    Implements the objective interface of vlgen.objectives (kind, default_sampler, sample_times,
+    training_losses), as Transport does."""
+
+    kind = "ddpm"
+    default_sampler = "ddpm"
+
+    def __init__(self, betas, prediction=DEFAULT_PREDICTION, variance="learned_range", timestep_map=None):
         check_choice("prediction", prediction, PREDICTIONS)
         check_choice("variance", variance, VARIANCES)
         betas = np.asarray(betas, dtype=np.float64)
@@ -38,7 +75,7 @@ class GaussianDiffusion:
         # The posterior variance is 0 at t=0: its log is clipped to the value at t=1.
         posterior_log_variance_clipped = np.log(np.append(posterior_variance[1], posterior_variance[1:]))
         fixed_large = np.append(posterior_variance[1], betas[1:])
-        tables = dict(
+        tables = ScheduleTables(
             betas=betas,
             alphas_cumprod=alphas_cumprod,
             alphas_cumprod_prev=alphas_cumprod_prev,
@@ -55,38 +92,39 @@ class GaussianDiffusion:
             fixed_large_log_variance=np.log(fixed_large),
             timestep_map=np.asarray(self.timestep_map, dtype=np.float64),
         )
-        self.tables = {name: torch.from_numpy(value) for name, value in tables.items()}
+        self.tables = ScheduleTables(**{f.name: torch.from_numpy(getattr(tables, f.name)) for f in fields(tables)})
         self._device_tables = {}
 
     # -- tables ---------------------------------------------------------------------------
-    def _table(self, name, device):
-        key = (name, torch.device(device))
-        if key not in self._device_tables:
-            self._device_tables[key] = self.tables[name].to(device)
-        return self._device_tables[key]
-
-    def extract(self, name, t, x):
-        """table[t] broadcast to x's shape, in x's dtype."""
-        values = self._table(name, t.device)[t].to(x.dtype)
-        return values.view(-1, *([1] * (x.ndim - 1))).expand_as(x)
+    def tables_on(self, device):
+        """The tables on a device (copied once per device)."""
+        device = torch.device(device)
+        if device not in self._device_tables:
+            self._device_tables[device] = self.tables.to(device)
+        return self._device_tables[device]
 
     def model_timesteps(self, t):
         """Original-process timesteps (as the model was trained on) of respaced indices t."""
-        return self._table("timestep_map", t.device)[t].to(torch.long)
+        return self.tables_on(t.device).timestep_map[t].to(torch.long)
 
     # -- forward process ------------------------------------------------------------------
     def q_mean_variance(self, x0, t):
         """Mean, variance and log-variance of q(x_t | x_0)."""
-        mean = self.extract("sqrt_alphas_cumprod", t, x0) * x0
-        return mean, self.extract("sqrt_one_minus_alphas_cumprod", t, x0) ** 2, self.extract("log_one_minus_alphas_cumprod", t, x0)
+        tables = self.tables_on(t.device)
+        mean = gather(tables.sqrt_alphas_cumprod, t, x0) * x0
+        variance = gather(tables.sqrt_one_minus_alphas_cumprod, t, x0) ** 2
+        return mean, variance, gather(tables.log_one_minus_alphas_cumprod, t, x0)
 
     def q_sample(self, x0, t, noise):
-        return self.extract("sqrt_alphas_cumprod", t, x0) * x0 + self.extract("sqrt_one_minus_alphas_cumprod", t, x0) * noise
+        tables = self.tables_on(t.device)
+        return (gather(tables.sqrt_alphas_cumprod, t, x0) * x0
+                + gather(tables.sqrt_one_minus_alphas_cumprod, t, x0) * noise)
 
     def q_posterior_mean_variance(self, x0, x_t, t):
         """Mean, variance and clipped log-variance of q(x_{t-1} | x_t, x_0)."""
-        mean = self.extract("posterior_mean_coef1", t, x_t) * x0 + self.extract("posterior_mean_coef2", t, x_t) * x_t
-        return mean, self.extract("posterior_variance", t, x_t), self.extract("posterior_log_variance_clipped", t, x_t)
+        tables = self.tables_on(t.device)
+        mean = gather(tables.posterior_mean_coef1, t, x_t) * x0 + gather(tables.posterior_mean_coef2, t, x_t) * x_t
+        return mean, gather(tables.posterior_variance, t, x_t), gather(tables.posterior_log_variance_clipped, t, x_t)
 
     # -- model output -> distributions ----------------------------------------------------
     def split_output(self, model_output, x):
@@ -102,27 +140,33 @@ class GaussianDiffusion:
         return model_output[:, :channels], None
 
     def predict_x0(self, prediction, x_t, t):
+        tables = self.tables_on(t.device)
         if self.prediction == "eps":
-            return self.extract("sqrt_recip_alphas_cumprod", t, x_t) * x_t - self.extract("sqrt_recipm1_alphas_cumprod", t, x_t) * prediction
+            return (gather(tables.sqrt_recip_alphas_cumprod, t, x_t) * x_t
+                    - gather(tables.sqrt_recipm1_alphas_cumprod, t, x_t) * prediction)
         if self.prediction == "v":
-            return self.extract("sqrt_alphas_cumprod", t, x_t) * x_t - self.extract("sqrt_one_minus_alphas_cumprod", t, x_t) * prediction
+            return (gather(tables.sqrt_alphas_cumprod, t, x_t) * x_t
+                    - gather(tables.sqrt_one_minus_alphas_cumprod, t, x_t) * prediction)
         return prediction
 
     def predict_eps_from_x0(self, x_t, t, x0):
-        return (self.extract("sqrt_recip_alphas_cumprod", t, x_t) * x_t - x0) / self.extract("sqrt_recipm1_alphas_cumprod", t, x_t)
+        tables = self.tables_on(t.device)
+        return ((gather(tables.sqrt_recip_alphas_cumprod, t, x_t) * x_t - x0)
+                / gather(tables.sqrt_recipm1_alphas_cumprod, t, x_t))
 
     def p_mean_variance(self, model_output, x_t, t, clip_denoised=False):
         """p(x_{t-1} | x_t) from a model output: dict(mean, variance, log_variance, pred_x0)."""
+        tables = self.tables_on(t.device)
         prediction, variance_values = self.split_output(model_output, x_t)
         if variance_values is not None:
-            min_log = self.extract("posterior_log_variance_clipped", t, x_t)
-            max_log = self.extract("log_betas", t, x_t)
+            min_log = gather(tables.posterior_log_variance_clipped, t, x_t)
+            max_log = gather(tables.log_betas, t, x_t)
             frac = (variance_values + 1) / 2  # [-1, 1] spans [posterior variance, beta]
             log_variance = frac * max_log + (1 - frac) * min_log
         elif self.variance == "fixed_large":
-            log_variance = self.extract("fixed_large_log_variance", t, x_t)
+            log_variance = gather(tables.fixed_large_log_variance, t, x_t)
         else:
-            log_variance = self.extract("posterior_log_variance_clipped", t, x_t)
+            log_variance = gather(tables.posterior_log_variance_clipped, t, x_t)
         pred_x0 = self.predict_x0(prediction, x_t, t)
         if clip_denoised:
             pred_x0 = pred_x0.clamp(-1, 1)
@@ -143,7 +187,9 @@ class GaussianDiffusion:
         if self.prediction == "eps":
             return noise
         if self.prediction == "v":
-            return self.extract("sqrt_alphas_cumprod", t, x0) * noise - self.extract("sqrt_one_minus_alphas_cumprod", t, x0) * x0
+            tables = self.tables_on(t.device)
+            return (gather(tables.sqrt_alphas_cumprod, t, x0) * noise
+                    - gather(tables.sqrt_one_minus_alphas_cumprod, t, x0) * x0)
         return x0
 
     def training_losses(self, model, x0, t, noise=None, **model_kwargs):
@@ -163,12 +209,17 @@ class GaussianDiffusion:
             terms["loss"] = terms["mse"]
         return terms
 
-    def sample_timesteps(self, batch_size, device, generator=None):
+    def sample_times(self, batch_size, device, generator=None):
         """Uniform training timesteps in [0, num_timesteps)."""
         return torch.randint(0, self.num_timesteps, (batch_size,), device=device, generator=generator)
 
+    def sample_timesteps(self, batch_size, device, generator=None):
+        """The earlier name of sample_times."""
+        warnings.warn("GaussianDiffusion.sample_timesteps is deprecated: use sample_times", FutureWarning, stacklevel=2)
+        return self.sample_times(batch_size, device, generator)
 
-def create_diffusion(timestep_respacing="", noise_schedule="linear", diffusion_steps=1000, prediction="eps",
+
+def create_diffusion(timestep_respacing="", noise_schedule="linear", diffusion_steps=1000, prediction=DEFAULT_PREDICTION,
                      learn_sigma=True, sigma_small=False):
     """DiT's create_diffusion: linear 1000-step schedule, learned-range sigma by default.
 

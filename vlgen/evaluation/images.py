@@ -9,6 +9,8 @@ from torch.utils.data import DataLoader
 from torch_fidelity.datasets import ImagesPathDataset
 from torch_fidelity.utils import glob_samples_paths
 
+from vlgen.core.atomic import atomic_path
+
 IMAGE_EXTENSIONS = "png,jpg,jpeg,bmp,webp"
 LOSSY_EXTENSIONS = (".jpg", ".jpeg", ".webp")
 
@@ -110,12 +112,11 @@ def open_images(source):
 def write_samples_npz(path, image_batches, labels, image_shape):
     """Write an ADM-format sample file: `arr_0` uint8 (N, H, W, C) streamed from image_batches
     (uint8 NHWC arrays, N images in all; never all in memory at once), `arr_1` the N labels.
-    Written to a temporary file and renamed, so path is either complete or untouched."""
+    Written atomically (vlgen.core.atomic): path is either complete or untouched."""
     path = Path(path)
     labels = np.asarray(labels, dtype=np.int64)
     shape = (len(labels), *image_shape)
-    temporary = path.with_name(f".{path.name}.tmp")
-    try:
+    with atomic_path(path) as temporary:
         with zipfile.ZipFile(temporary, "w", zipfile.ZIP_STORED, allowZip64=True) as archive:
             with archive.open("arr_0.npy", "w", force_zip64=True) as member:
                 np.lib.format.write_array_header_1_0(member, {"descr": "|u1", "fortran_order": False, "shape": shape})
@@ -130,6 +131,3 @@ def write_samples_npz(path, image_batches, labels, image_shape):
                 raise ValueError(f"got {written} images for {len(labels)} labels")
             with archive.open("arr_1.npy", "w") as member:
                 np.lib.format.write_array(member, labels)
-        temporary.replace(path)
-    finally:
-        temporary.unlink(missing_ok=True)

@@ -4,7 +4,6 @@ import contextlib
 import os
 import urllib.error
 from pathlib import Path
-from unittest import mock
 
 import numpy as np
 import torch
@@ -96,18 +95,26 @@ class InceptionFeatures:
         return {name: np.concatenate(values) for name, values in parts.items()}
 
 
+class _UnloadedInceptionV3(FeatureExtractorInceptionV3):
+    """The network with its random initial weights: the empty state dict it is built from loads
+    nothing."""
+
+    def load_state_dict(self, state_dict, strict=True, assign=False):
+        return super().load_state_dict(state_dict, strict=False, assign=assign)
+
+
 def save_random_inception_weights(path, seed=0):
     """Write random inception-v3-compat weights (BatchNorm statistics calibrated on random images so
     features vary) for tests and speed measurements without the real file. Metrics computed with
     them mean nothing."""
+    path = Path(path)
     torch.manual_seed(seed)
-    with mock.patch("torch_fidelity.feature_extractor_inceptionv3.load_state_dict_from_url", return_value={}), \
-            mock.patch.object(FeatureExtractorInceptionV3, "load_state_dict"):
-        network = FeatureExtractorInceptionV3("inception-v3-compat", ["2048"])
+    torch.save({}, path)
+    network = _UnloadedInceptionV3("inception-v3-compat", ["2048"], feature_extractor_weights_path=str(path))
     for module in network.modules():
         if isinstance(module, torch.nn.BatchNorm2d):
             module.momentum = None  # a plain average over the calibration batch
     with torch.no_grad():
         network.train()((torch.rand(8, 3, 64, 64) * 255).to(torch.uint8))
     torch.save(network.state_dict(), path)
-    return Path(path)
+    return path

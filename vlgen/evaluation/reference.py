@@ -2,11 +2,11 @@
 images (a folder, an npz of images, tensors), whose statistics are cached on disk."""
 import hashlib
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from vlgen.core.atomic import atomic_path
 from vlgen.evaluation.frechet import feature_statistics
 from vlgen.evaluation.images import open_images
 
@@ -29,14 +29,6 @@ def _source_fingerprint(path):
     return digest.hexdigest()
 
 
-def _save_atomically(path, arrays):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, suffix=".npz")
-    with os.fdopen(handle, "wb") as file:
-        np.savez(file, **arrays)
-    os.replace(temporary, path)
-
-
 def _statistics_of(features):
     mu, sigma = feature_statistics(features["pool"])
     mu_s, sigma_s = feature_statistics(features["spatial"])
@@ -56,7 +48,8 @@ def _from_images(images, extractor, need_features, cache_dir, extract_options):
     if need_features:
         reference["features"] = features["pool"]
     if cache_file is not None:
-        _save_atomically(cache_file, reference)
+        with atomic_path(cache_file) as temporary, temporary.open("wb") as file:
+            np.savez(file, **reference)
     return reference
 
 

@@ -10,9 +10,9 @@ from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 from torch.nn import functional as F
 
+from vlgen.core.guidance import classifier_free_guidance
 from vlgen.models.blocks import FinalLayer, dit_block, llama_block
 from vlgen.models.embeddings import LabelEmbedder, TimestepEmbedder, sincos_pos_embed_2d
-from vlgen.models.guidance import combine_guidance
 from vlgen.models.rope import RotaryEmbedding2D
 
 BLOCK_TYPES = ("llama", "dit")
@@ -180,14 +180,10 @@ class VisionLLaMADenoiser(ModelMixin, ConfigMixin):
         conditional half. DiT's own code guides only the first 3: pass guided_channels=3 to
         reproduce its numbers.
         """
-        if self.null_class_id is None:
-            raise ValueError("classifier-free guidance needs a null class: this model has class_dropout_prob=0")
-        guided = self.config.in_channels if guided_channels is None else guided_channels
-        if not 0 < guided <= self.config.in_channels:
-            raise ValueError(f"guided_channels must be in [1, {self.config.in_channels}], got {guided_channels}")
         t = torch.as_tensor(t, device=x.device)
         t = t.expand(x.shape[0]) if t.ndim == 0 else t
-        null = torch.full_like(y, self.null_class_id)
-        out = self(torch.cat([x, x]), torch.cat([t, t]), torch.cat([y, null]))
-        cond, uncond = out.chunk(2)
-        return combine_guidance(cond, uncond, guidance_scale, guided)
+        in_channels = self.config.in_channels
+        guided = in_channels if guided_channels is None else guided_channels
+        denoise = classifier_free_guidance(self, guidance_scale, self.null_class_id, guided,
+                                           prediction_channels=in_channels)
+        return denoise(x, t, y)

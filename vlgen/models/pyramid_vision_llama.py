@@ -19,6 +19,7 @@ from vlgen.models.layer_scale_block import LayerScaleBlock
 from vlgen.models.mlp import SwiGLU, swiglu_hidden_size
 from vlgen.models.pyramid_attention import (GlobalSubsampledAttention, LocallyGroupedAttention,
                                             PositionEncodingGenerator)
+from vlgen.models.sizes import sized_config
 
 # The paper's sizes (Twins-SVT-S/B/L widths): stage widths, heads and depths.
 PYRAMID_SIZES = {
@@ -119,6 +120,4 @@ class PyramidVisionLLaMA(ModelMixin, ConfigMixin):
 
 def create_pyramid_vision_llama(size, **overrides):
     """A pyramid VisionLLaMA of a paper size ("S", "B", "L"), e.g. create_pyramid_vision_llama("B", image_size=512)."""
-    if size not in PYRAMID_SIZES:
-        raise ValueError(f"unknown pyramid VisionLLaMA size {size!r}; choose one of {tuple(PYRAMID_SIZES)}")
-    return PyramidVisionLLaMA(**{**PYRAMID_SIZES[size], **overrides})
+    return PyramidVisionLLaMA(**sized_config(PYRAMID_SIZES, size, "pyramid VisionLLaMA", **overrides))

@@ -7,13 +7,9 @@ reference, but forward returns only the prediction channels).
 import difflib
 
 from vlgen.models.denoiser import VisionLLaMADenoiser
+from vlgen.models.sizes import TRANSFORMER_SIZES
 
-SIZES = {
-    "S": dict(hidden_size=384, depth=12, num_heads=6),
-    "B": dict(hidden_size=768, depth=12, num_heads=12),
-    "L": dict(hidden_size=1024, depth=24, num_heads=16),
-    "XL": dict(hidden_size=1152, depth=28, num_heads=16),
-}
+SIZES = TRANSFORMER_SIZES
 PATCH_SIZES = (2, 4, 8)
 FAMILIES = {
     "DiT": dict(block_type="dit", learn_sigma=True, discard_sigma=False),

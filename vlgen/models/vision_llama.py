@@ -15,10 +15,10 @@ from vlgen.models.attention import Attention
 from vlgen.models.layer_scale_block import LayerScaleBlock
 from vlgen.models.mlp import SwiGLU, swiglu_hidden_size
 from vlgen.models.rope import RotaryEmbedding2D
+from vlgen.models.sizes import TRANSFORMER_SIZES, sized_config
 
-# Plain VisionLLaMA sizes of the paper (ViT/DeiT widths): hidden size, depth, heads.
-PLAIN_SIZES = {"S": dict(hidden_size=384, depth=12, num_heads=6), "B": dict(hidden_size=768, depth=12, num_heads=12),
-               "L": dict(hidden_size=1024, depth=24, num_heads=16)}
+# Plain VisionLLaMA sizes of the paper: the ViT/DeiT widths S, B and L.
+PLAIN_SIZES = {size: TRANSFORMER_SIZES[size] for size in ("S", "B", "L")}
 
 
 class VisionLLaMA(ModelMixin, ConfigMixin):
@@ -86,6 +86,4 @@ class VisionLLaMA(ModelMixin, ConfigMixin):
 
 def create_vision_llama(size, **overrides):
     """A plain VisionLLaMA of a paper size ("S", "B", "L"), e.g. create_vision_llama("B", image_size=384)."""
-    if size not in PLAIN_SIZES:
-        raise ValueError(f"unknown VisionLLaMA size {size!r}; choose one of {tuple(PLAIN_SIZES)}")
-    return VisionLLaMA(**{**PLAIN_SIZES[size], **overrides})
+    return VisionLLaMA(**sized_config(PLAIN_SIZES, size, "VisionLLaMA", **overrides))

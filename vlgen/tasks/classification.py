@@ -5,6 +5,7 @@ from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 from torch.nn import functional as F
 
+from vlgen.models.sizes import sized_config
 from vlgen.models.vision_llama import PLAIN_SIZES, VisionLLaMA
 from vlgen.tasks.fitting import fit
 
@@ -32,9 +33,7 @@ class VisionLLaMAClassifier(ModelMixin, ConfigMixin):
 
 def create_classifier(size, num_classes=1000, **backbone_overrides):
     """A classifier of a paper size ("S", "B", "L"), e.g. create_classifier("S", 10, image_size=32, patch_size=4)."""
-    if size not in PLAIN_SIZES:
-        raise ValueError(f"unknown VisionLLaMA size {size!r}; choose one of {tuple(PLAIN_SIZES)}")
-    return VisionLLaMAClassifier(num_classes, {**PLAIN_SIZES[size], **backbone_overrides})
+    return VisionLLaMAClassifier(num_classes, sized_config(PLAIN_SIZES, size, "VisionLLaMA", **backbone_overrides))
 
 
 class _Items(torch.utils.data.Dataset):

@@ -5,7 +5,7 @@ import math
 import torch
 from tqdm.auto import tqdm
 
-from vlgen.training.optimizer import create_adamw
+from vlgen.core.optimizer import create_adamw
 
 
 def batches(dataset, collate, batch_size, *, shuffle, seed, num_workers):

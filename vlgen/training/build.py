@@ -1,15 +1,15 @@
 """The run's components from a Config: dataset, denoiser, objective."""
-from vlgen.choices import check_choice
-from vlgen.diffusion import create_diffusion
+import dataclasses
+
+from vlgen.core.choices import check_choice
+from vlgen.data.images import ImageFolderDataset
+from vlgen.data.latents import LatentDataset
+from vlgen.data.shapes import ShapesDataset
 from vlgen.models import create_model
 from vlgen.models.registry import model_config
-from vlgen.training.images import ImageFolderDataset
-from vlgen.training.latents import LatentDataset
-from vlgen.training.shapes import ShapesDataset
-from vlgen.transport import Transport
+from vlgen.objectives import KINDS, create_objective
 
 DATA_KINDS = ("shapes", "images", "latents")
-OBJECTIVES = ("ddpm", "flow")
 MIXED_PRECISION = ("no", "bf16", "fp16")
 TRACKERS = (None, "tensorboard")
 
@@ -22,7 +22,7 @@ def _positive(key, value):
 def check_config(config):
     """Choices and ranges, named by key, before anything is built."""
     check_choice("data.kind", config.data.kind, DATA_KINDS)
-    check_choice("objective.kind", config.objective.kind, OBJECTIVES)
+    check_choice("objective.kind", config.objective.kind, KINDS)
     check_choice("train.mixed_precision", config.train.mixed_precision, MIXED_PRECISION)
     check_choice("logging.tracker", config.logging.tracker, TRACKERS)
     model_config(config.model.name)  # unknown names fail here, with close matches
@@ -75,32 +75,7 @@ def build_model(model, info):
     return denoiser
 
 
-class Objective:
-    """times(n, device, generator) draws training times; loss(...) is the per-sample loss."""
-
-    def __init__(self, kind, process):
-        self.kind, self.process = kind, process
-
-    def times(self, n, device, generator):
-        if self.kind == "ddpm":
-            return self.process.sample_timesteps(n, device, generator)
-        return self.process.sample_time(n, device, generator)
-
-    def loss(self, model, x, t, noise, **model_kwargs):
-        return self.process.training_losses(model, x, t, noise, **model_kwargs)["loss"]
-
-
 def build_objective(objective, denoiser):
-    cfg = denoiser.config
-    learned_sigma = denoiser.out_channels == 2 * cfg.in_channels
-    if objective.kind == "ddpm":
-        process = create_diffusion(noise_schedule=objective.noise_schedule, diffusion_steps=objective.diffusion_steps,
-                                   prediction=objective.prediction or "eps", learn_sigma=learned_sigma)
-        return Objective("ddpm", process)
-    if learned_sigma:
-        raise ValueError("the flow objective trains a model without learned-sigma channels: use a SiT-* or "
-                         "SiT-LLaMA-* model, or objective.kind=ddpm for DiT-* / DiT-LLaMA-*")
-    process = Transport(objective.path, objective.prediction or "velocity", objective.loss_weight,
-                        objective.train_eps, objective.sample_eps, objective.time_sampling, objective.logit_mean,
-                        objective.logit_std)
-    return Objective("flow", process)
+    """The training objective of the config's objective section, for this denoiser."""
+    learned_sigma = denoiser.out_channels == 2 * denoiser.config.in_channels
+    return create_objective(dataclasses.asdict(objective), learned_sigma)

@@ -9,18 +9,19 @@
         config.yaml          the resolved training config
         data.json            what the data was: classes, channels, size, latent VAE
 
-Everything is written into a hidden temporary directory that is renamed into place at the end:
-a crash mid-save leaves the previous checkpoints as they were, and a checkpoint directory that
-exists is complete.
+Everything is written into a hidden temporary directory that is renamed into place at the end
+(vlgen.core.atomic): a crash mid-save leaves the previous checkpoints as they were, and a
+checkpoint directory that exists is complete.
 """
 import json
 import re
-import shutil
 from pathlib import Path
 
 import torch
+from accelerate.utils import gather_object
 from safetensors.torch import load_model, save_model
 
+from vlgen.core.atomic import atomic_path
 from vlgen.training.config import save_config
 
 NAME = re.compile(r"^step-(\d{7,})$")
@@ -56,31 +57,21 @@ def _rng_state():
 
 
 def save_checkpoint(accelerator, directory, *, model, ema, optimizer, scheduler, step, config, data_info):
-    """Write a checkpoint atomically; every process must call it (each saves its RNG state)."""
-    directory = Path(directory)
-    temporary = directory.parent / f".{directory.name}.tmp"
+    """Write a checkpoint atomically (vlgen.core.atomic); every process must call it: the main
+    process gathers each process's RNG state and writes everything."""
+    rng_states = gather_object([_rng_state()]) if accelerator.num_processes > 1 else [_rng_state()]
     if accelerator.is_main_process:
-        shutil.rmtree(temporary, ignore_errors=True)  # left by an earlier crash
-        temporary.mkdir(parents=True)
-    accelerator.wait_for_everyone()
-    torch.save(_rng_state(), temporary / f"rng-{accelerator.process_index}.pt")
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        ema.save_pretrained(temporary / "ema")
-        save_model(accelerator.unwrap_model(model), str(temporary / "model.safetensors"))
-        torch.save(optimizer.state_dict(), temporary / "optimizer.pt")
-        scaler = accelerator.scaler.state_dict() if accelerator.scaler is not None else None
-        torch.save({"step": step, "scheduler": scheduler.state_dict(), "scaler": scaler}, temporary / "state.pt")
-        save_config(config, temporary / "config.yaml")
-        (temporary / "data.json").write_text(json.dumps(data_info, indent=2))
-        if directory.exists():  # the same step saved again (e.g. after a resume): replace it
-            stale = directory.parent / f".{directory.name}.old"
-            shutil.rmtree(stale, ignore_errors=True)
-            directory.rename(stale)
-            temporary.rename(directory)
-            shutil.rmtree(stale)
-        else:
-            temporary.rename(directory)
+        with atomic_path(directory) as temporary:
+            temporary.mkdir()
+            for index, rng in enumerate(rng_states):
+                torch.save(rng, temporary / f"rng-{index}.pt")
+            ema.save_pretrained(temporary / "ema")
+            save_model(accelerator.unwrap_model(model), str(temporary / "model.safetensors"))
+            torch.save(optimizer.state_dict(), temporary / "optimizer.pt")
+            scaler = accelerator.scaler.state_dict() if accelerator.scaler is not None else None
+            torch.save({"step": step, "scheduler": scheduler.state_dict(), "scaler": scaler}, temporary / "state.pt")
+            save_config(config, temporary / "config.yaml")
+            (temporary / "data.json").write_text(json.dumps(data_info, indent=2))
     accelerator.wait_for_everyone()
 
 
@@ -104,7 +95,9 @@ def load_checkpoint(accelerator, directory, *, model, ema, optimizer, scheduler)
     for name in ("model.safetensors", "optimizer.pt", "state.pt", "ema"):
         if not (directory / name).exists():
             raise FileNotFoundError(f"{directory} is not a complete training checkpoint (no {name})")
-    load_model(accelerator.unwrap_model(model), str(directory / "model.safetensors"), device=str(accelerator.device))
+    device = accelerator.device  # safetensors takes "cpu" or "cuda:N", not the "cpu:0" of CPU DDP
+    load_model(accelerator.unwrap_model(model), str(directory / "model.safetensors"),
+               device="cpu" if device.type == "cpu" else str(device))
     ema_weights = type(ema).from_pretrained(directory / "ema").state_dict()
     ema.load_state_dict(ema_weights)
     optimizer.load_state_dict(_load_tensors(directory / "optimizer.pt"))

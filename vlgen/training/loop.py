@@ -7,13 +7,13 @@ import torch
 from accelerate import Accelerator
 from tqdm.auto import tqdm
 
-from vlgen.training.batches import GlobalBatches, ProcessBatches, local_slice, step_generator
+from vlgen.data.batches import GlobalBatches, ProcessBatches, local_slice, step_generator
 from vlgen.training.build import build_dataset, build_model, build_objective, check_config, data_info
 from vlgen.training.checkpoint import (checkpoint_dir, latest_checkpoint, load_checkpoint, read_checkpoint_config,
                                        read_data_info, save_checkpoint)
 from vlgen.training.config import Config, plain_values, save_config
 from vlgen.training.ema import create_ema, update_ema
-from vlgen.training.optimizer import create_adamw
+from vlgen.core.optimizer import create_adamw
 
 # Settings that may differ between a checkpoint and the run resuming it.
 RESUME_MAY_CHANGE = {"train.max_steps", "train.mixed_precision", "model.gradient_checkpointing", "model.compile",
@@ -124,12 +124,12 @@ class Run:
         def share(tensor):
             return local_slice(tensor, acc.process_index, acc.num_processes)
 
-        t = share(self.objective.times(n_global, device, generator))
+        t = share(self.objective.sample_times(n_global, device, generator))
         noise = share(torch.randn(shape, device=device, generator=generator))
         drop = share(torch.rand(n_global, device=device, generator=generator) < cfg.model.class_dropout_prob)
         if self.dataset.posterior:  # latents: a fresh draw from the VAE posterior, as DiT encodes per step
             x = x[:, 0] + x[:, 1] * share(torch.randn(shape, device=device, generator=generator))
-        loss = self.objective.loss(self.model, x, t, noise, y=y, drop_labels=drop).mean()
+        loss = self.objective.training_losses(self.model, x, t, noise, y=y, drop_labels=drop)["loss"].mean()
         acc.backward(loss)
         if cfg.train.grad_clip is not None:
             acc.clip_grad_norm_(self.model.parameters(), cfg.train.grad_clip)

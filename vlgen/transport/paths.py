@@ -12,7 +12,7 @@ import math
 
 import torch
 
-from vlgen.choices import check_choice
+from vlgen.core.choices import check_choice
 
 
 def expand_like(t, x):

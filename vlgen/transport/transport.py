@@ -2,18 +2,18 @@
 
 Time runs as in SiT: t = 0 is noise, t = 1 is data, and the model sees t in [0, 1] as is.
 """
+import warnings
+
 import torch
 
-from vlgen.choices import check_choice
+from vlgen.core.choices import check_choice
+from vlgen.core.reductions import mean_flat
 from vlgen.transport.paths import PATHS, expand_like
 
 PREDICTIONS = ("velocity", "score", "noise")
+DEFAULT_PREDICTION = "velocity"  # SiT's
 LOSS_WEIGHTS = (None, "velocity", "likelihood")
 TIME_SAMPLINGS = ("uniform", "logit-normal")
-
-
-def mean_flat(x):
-    return x.mean(dim=list(range(1, x.ndim)))
 
 
 def _default_eps(path, prediction):
@@ -32,9 +32,15 @@ class Transport:
     "noise"). loss_weight: None, "velocity" or "likelihood" (score/noise predictions only, as in
     SiT). train_eps / sample_eps: how far training and sampling times stay from the ends of [0, 1];
     None takes SiT's defaults. time_sampling: "uniform" on the training interval, or "logit-normal"
-    (t = sigmoid(logit_mean + logit_std * z) mapped onto it)."""
+    (t = sigmoid(logit_mean + logit_std * z) mapped onto it).
 
-    def __init__(self, path="Linear", prediction="velocity", loss_weight=None, train_eps=None, sample_eps=None,
+    Implements the objective interface of vlgen.objectives (kind, default_sampler, sample_times,
+    training_losses), as GaussianDiffusion does."""
+
+    kind = "flow"
+    default_sampler = "ode"
+
+    def __init__(self, path="Linear", prediction=DEFAULT_PREDICTION, loss_weight=None, train_eps=None, sample_eps=None,
                  time_sampling="uniform", logit_mean=0.0, logit_std=1.0):
         check_choice("path", path, PATHS)
         check_choice("prediction", prediction, PREDICTIONS)
@@ -74,7 +80,7 @@ class Transport:
         return t0, t1
 
     # -- training -------------------------------------------------------------------------
-    def sample_time(self, batch_size, device, generator=None):
+    def sample_times(self, batch_size, device, generator=None):
         """Training times in the training interval: uniform, or logit-normal mapped onto it."""
         t0, t1 = self.interval(training=True)
         gen_device = generator.device if generator is not None else device
@@ -85,10 +91,15 @@ class Transport:
             u = torch.sigmoid(self.logit_mean + self.logit_std * z)
         return (t0 + (t1 - t0) * u).to(device)
 
+    def sample_time(self, batch_size, device, generator=None):
+        """The earlier name of sample_times."""
+        warnings.warn("Transport.sample_time is deprecated: use sample_times", FutureWarning, stacklevel=2)
+        return self.sample_times(batch_size, device, generator)
+
     def training_losses(self, model, x1, t=None, noise=None, **model_kwargs):
         """dict(loss) per sample for data x1 (N, C, ...): velocity MSE against u_t, or for
         score/noise predictions the weighted MSE of SiT (score targets -x0 / sigma_t)."""
-        t = self.sample_time(x1.shape[0], x1.device) if t is None else t
+        t = self.sample_times(x1.shape[0], x1.device) if t is None else t
         noise = torch.randn_like(x1) if noise is None else noise
         t_x = expand_like(t.to(x1.dtype), x1)
         x_t, u_t = self.path.plan(t_x, noise, x1)

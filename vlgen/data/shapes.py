@@ -14,7 +14,7 @@ import math
 import numpy as np
 from PIL import Image, ImageDraw
 
-from vlgen.training.images import pil_to_tensor
+from vlgen.data.images import pil_to_tensor
 
 CLASS_NAMES = ("circle", "square", "triangle", "diamond", "star", "plus", "ring", "cross", "bar", "half-disc")
 SUPERSAMPLING = 4

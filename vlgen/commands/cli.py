@@ -1,6 +1,7 @@
 """The `vlgen` command: argparse subcommands."""
 import argparse
 import sys
+import warnings
 
 
 # Errors that come from the user's input or data: reported in one line, exit status 2.
@@ -57,13 +58,13 @@ def _cmd_fid(args):
 
 
 def _cmd_train(args):
-    from vlgen.train import run_training
+    from vlgen.commands.train import run_training
 
     run_training(args)
 
 
 def _cmd_sample(args):
-    from vlgen.sample import run_sampling
+    from vlgen.commands.sample import run_sampling
 
     written = run_sampling(args)
     if written is not None:
@@ -71,7 +72,7 @@ def _cmd_sample(args):
 
 
 def _cmd_demo(args):
-    from vlgen.demo import run_demo
+    from vlgen.commands.demo import run_demo
 
     run_demo(args)
 
@@ -79,10 +80,10 @@ def _cmd_demo(args):
 def _cmd_train_classifier(args):
     from accelerate import Accelerator
 
-    from vlgen.output_dir import check_output_dir, save_pretrained_with_metrics
+    from vlgen.core.output_dir import check_output_dir, save_pretrained_with_metrics
     from vlgen.tasks.classification import accuracy, create_classifier, train_classifier
-    from vlgen.training.images import ImageFolderDataset
-    from vlgen.training.shapes import ShapesDataset
+    from vlgen.data.images import ImageFolderDataset
+    from vlgen.data.shapes import ShapesDataset
 
     check_output_dir(args.out, args.overwrite)
     if args.data == "shapes":
@@ -112,7 +113,7 @@ def _cmd_train_classifier(args):
 def _cmd_extract_latents(args):
     from accelerate import Accelerator
 
-    from vlgen.training.latents import extract_latents
+    from vlgen.data.latents import extract_latents
 
     meta = extract_latents(Accelerator(), args.data, args.vae, args.out, resolution=args.resolution,
                            batch_size=args.batch_size, flip=args.flip, dtype=args.dtype, num_workers=args.num_workers,
@@ -122,7 +123,7 @@ def _cmd_extract_latents(args):
 
 
 def _cmd_export(args):
-    from vlgen.export import export_checkpoint
+    from vlgen.commands.export import export_checkpoint
 
     out = export_checkpoint(args.checkpoint, args.out, overwrite=args.overwrite)
     print(f"wrote {out}: EMA weights of {args.checkpoint}")
@@ -134,7 +135,7 @@ def build_parser():
 
     demo = sub.add_parser("demo", help="train, export, sample and score a small SiT-LLaMA on the built-in shapes "
                                        "dataset: minutes on a CPU, writes demo-output/")
-    from vlgen.demo import add_arguments as add_demo_arguments
+    from vlgen.commands.demo import add_arguments as add_demo_arguments
 
     add_demo_arguments(demo)
     demo.set_defaults(func=_cmd_demo)
@@ -171,15 +172,15 @@ def build_parser():
                      help="where reference statistics computed from images are cached (default ~/.cache/vlgen)")
     fid.set_defaults(func=_cmd_fid)
 
-    train = sub.add_parser("train", help="train a denoiser in one process (several: accelerate launch -m vlgen.train)")
-    from vlgen.train import add_arguments as add_train_arguments
+    train = sub.add_parser("train", help="train a denoiser in one process (several: accelerate launch -m vlgen train)")
+    from vlgen.commands.train import add_arguments as add_train_arguments
 
     add_train_arguments(train)
     train.set_defaults(func=_cmd_train)
 
     sample = sub.add_parser("sample", help="sample a pipeline into an ADM-format npz (sharded over processes under "
-                                           "accelerate launch -m vlgen.sample) or a labelled PNG grid")
-    from vlgen.sample import add_arguments as add_sample_arguments
+                                           "accelerate launch -m vlgen sample) or a labelled PNG grid")
+    from vlgen.commands.sample import add_arguments as add_sample_arguments
 
     add_sample_arguments(sample)
     sample.set_defaults(func=_cmd_sample)
@@ -232,7 +233,7 @@ def build_parser():
 
 
 def main(argv=None):
-    from vlgen.allocator import keep_freed_memory
+    from vlgen.commands.allocator import keep_freed_memory
 
     args = build_parser().parse_args(argv)
     keep_freed_memory()
@@ -244,5 +245,8 @@ def main(argv=None):
     return 0
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+def run_deprecated_module(command):
+    """`python -m vlgen.COMMAND ARGS`, the earlier spelling of `python -m vlgen COMMAND ARGS`."""
+    warnings.warn(f"`-m vlgen.{command}` is deprecated: use `-m vlgen {command}` (e.g. accelerate launch -m vlgen "
+                  f"{command} ...)", FutureWarning, stacklevel=2)
+    sys.exit(main([command, *sys.argv[1:]]))

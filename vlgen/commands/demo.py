@@ -20,13 +20,13 @@ from pathlib import Path
 import torch
 
 from pipelines import labelled_grid, load_pipeline
-from vlgen.export import export_checkpoint
-from vlgen.output_dir import check_output_dir, save_pretrained_with_metrics
+from vlgen.commands.export import export_checkpoint
+from vlgen.core.output_dir import check_output_dir, save_pretrained_with_metrics
 from vlgen.tasks.classification import accuracy, classify, create_classifier, train_classifier
-from vlgen.tasks.generation_metrics import generation_metrics
+from vlgen.evaluation.generation_metrics import generation_metrics
 from vlgen.training import load_config, train
 from vlgen.training.checkpoint import latest_checkpoint
-from vlgen.training.shapes import ShapesDataset
+from vlgen.data.shapes import ShapesDataset
 
 # Model family, objective settings, sampler of the scored samples. Flow matching draws its training
 # times logit-normally (more steps at mid noise, where the shape is decided): measured at 5,000

@@ -11,9 +11,9 @@ from pathlib import Path
 
 from pipelines import create_pipeline
 from vlgen.models import VisionLLaMADenoiser
-from vlgen.output_dir import replaced_dir
+from vlgen.core.output_dir import replaced_dir
 from vlgen.training.checkpoint import read_checkpoint_config, read_data_info
-from vlgen.training.latents import load_vae
+from vlgen.models.vae import load_vae
 
 
 def export_checkpoint(checkpoint, out, overwrite=False):

@@ -15,30 +15,12 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
-from vlgen.training.images import ImageFolderDataset
+from vlgen.core.atomic import atomic_path
+from vlgen.data.images import ImageFolderDataset
+from vlgen.models.vae import latent_scaling, load_vae
 
 META = "meta.json"
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-
-
-def load_vae(name_or_path, subfolder=None, device="cpu"):
-    """A diffusers AutoencoderKL from a hub id or a local directory."""
-    from diffusers import AutoencoderKL
-
-    return AutoencoderKL.from_pretrained(name_or_path, subfolder=subfolder).to(device).eval()
-
-
-def latent_scaling(vae):
-    """(scale, shift) of the VAE's config; shift is 0 for VAEs without one (SD's)."""
-    scale = vae.config.scaling_factor
-    shift = getattr(vae.config, "shift_factor", None) or 0.0
-    return float(scale), float(shift)
-
-
-def _save_atomically(tensors, path):
-    temporary = path.with_name(f".{path.name}.tmp")
-    save_file(tensors, str(temporary))
-    temporary.replace(path)
 
 
 @torch.no_grad()
@@ -63,7 +45,8 @@ def extract_latents(accelerator, data_path, vae_name, out_dir, *, resolution=256
     def write_shard():
         nonlocal pending, shard
         tensors = {key: torch.cat([part[key] for part in pending]) for key in ("moments", "labels", "indices")}
-        _save_atomically(tensors, out_dir / f"shard-p{accelerator.process_index:03d}-{shard:05d}.safetensors")
+        with atomic_path(out_dir / f"shard-p{accelerator.process_index:03d}-{shard:05d}.safetensors") as temporary:
+            save_file(tensors, str(temporary))
         pending, shard = [], shard + 1
 
     done = 0

@@ -1,13 +1,19 @@
 """Output directories that are written whole or not at all."""
 import json
-import shutil
 from contextlib import contextmanager
 from pathlib import Path
 
+from vlgen.core.atomic import atomic_path
+
 
 def check_output_dir(out, overwrite=False):
-    """Refuse a non-empty output directory unless overwrite (checked before long work, and again on write)."""
+    """Refuse a non-empty output directory unless overwrite (checked before long work, and again on
+    write); never replace the current directory, one of its parents or the home directory."""
     out = Path(out)
+    resolved, cwd = out.resolve(), Path.cwd().resolve()
+    if resolved == cwd or resolved in cwd.parents or resolved == Path.home().resolve():
+        raise ValueError(f"refusing to write into {out} ({resolved}): it is the current directory, one of its "
+                         "parents or the home directory; choose a new directory for --out")
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise FileExistsError(f"{out} exists and is not empty; choose another --out or pass --overwrite")
     return out
@@ -16,13 +22,9 @@ def check_output_dir(out, overwrite=False):
 @contextmanager
 def replaced_dir(out, overwrite=False):
     """Yield a hidden staging path next to out to write into; when the block succeeds, the staging
-    directory replaces out. A failure leaves out as it was."""
-    out = check_output_dir(out, overwrite)
-    staging = out.parent / f".{out.name}.tmp"
-    shutil.rmtree(staging, ignore_errors=True)  # left by an earlier failure
-    yield staging
-    shutil.rmtree(out, ignore_errors=True)
-    staging.rename(out)
+    directory replaces out atomically. A failure leaves out as it was."""
+    with atomic_path(check_output_dir(out, overwrite).resolve()) as staging:
+        yield staging
 
 
 def save_pretrained_with_metrics(model, out, metrics, overwrite=False):

@@ -11,8 +11,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from vlgen.training.images import pil_to_tensor
-from vlgen.training.shapes import CLASS_NAMES, SUPERSAMPLING, contrasting_colour, draw_shape
+from vlgen.data.images import pil_to_tensor
+from vlgen.data.shapes import CLASS_NAMES, SUPERSAMPLING, contrasting_colour, draw_shape
 
 BACKGROUND = 0  # mask id of the background; shape class c has mask id c + 1
 PLACEMENT_TRIES = 50

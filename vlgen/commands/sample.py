@@ -1,0 +1,181 @@
+"""`vlgen sample --pipeline DIR --num-samples 50000 --batch-size 64 --out samples.npz` (FID-50K input;
+sharded under `accelerate launch -m vlgen sample ...`), or `vlgen sample --pipeline DIR --grid grid.png`.
+
+Sample i has class label i % num_classes (balanced) and its own seed, derived from (--seed, i).
+Batch k holds samples k*B ... (k+1)*B - 1 and process r samples the batches k with k % P == r,
+so the npz is the same for any number of processes. Each finished batch is written at once
+to OUT.parts/ and skipped when the command is run again: an interrupted run resumes. The final
+npz (ADM format: uint8 NHWC `arr_0`, labels `arr_1`) replaces the parts when all are done.
+"""
+import json
+import math
+import shutil
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+from PIL import Image
+from tqdm.auto import tqdm
+
+from pipelines import labelled_grid, load_pipeline
+from vlgen.core.atomic import atomic_path
+from vlgen.evaluation.images import to_uint8, write_samples_npz
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+NPZ_GUIDANCE, GRID_GUIDANCE = 1.5, 4.0  # DiT/SiT: 1.5 for the headline FID-50K, 4.0 for visuals
+
+
+def add_arguments(parser):
+    parser.add_argument("--pipeline", required=True, help="pipeline directory (from `vlgen export`)")
+    parser.add_argument("--out", default=None, help="ADM-format .npz to write (FID-50K input)")
+    parser.add_argument("--grid", default=None, help="labelled PNG grid to write instead of an npz")
+    parser.add_argument("--num-samples", type=int, default=50_000, help="images in the npz (default 50000)")
+    parser.add_argument("--batch-size", type=int, default=64, help="images per batch and process (default 64)")
+    parser.add_argument("--labels", nargs="+", default=None,
+                        help="grid rows: label names or ids (default: the first 10 classes)")
+    parser.add_argument("--per-label", type=int, default=4, help="grid columns: images per label (default 4)")
+    parser.add_argument("--guidance-scale", type=float, default=None,
+                        help=f"classifier-free guidance (default {NPZ_GUIDANCE} for --out, {GRID_GUIDANCE} for --grid)")
+    parser.add_argument("--num-inference-steps", type=int, default=None, help="default: the pipeline's settings")
+    parser.add_argument("--sampler", default=None, help="ddpm / ddim (DDPM models), ode / sde (flow models)")
+    parser.add_argument("--option", dest="options", action="append", default=[], metavar="KEY=VALUE",
+                        help="a sampler option, e.g. --option method=heun --option eta=0.5 (value read as YAML)")
+    parser.add_argument("--resolution", type=int, default=None,
+                        help="image side in pixels (default: the trained size; others use AS2DRoPE)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--dtype", default="float32", choices=list(DTYPES), help="transformer and VAE precision")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out / --grid file")
+
+
+def sample_seed(seed, index):
+    """The seed of sample `index`: numpy's SeedSequence mixing, so runs with nearby seeds share no noise."""
+    return int(np.random.SeedSequence([seed, index]).generate_state(1)[0])
+
+
+def sampler_options(args):
+    options = {}
+    for text in args.options:
+        key, sep, raw = text.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"--option {text!r} is not of the form key=value (e.g. method=heun)")
+        options[key.strip()] = yaml.safe_load(raw)
+    if args.sampler is not None:
+        options["sampler"] = args.sampler
+    return options
+
+
+def generate(pipe, labels, indices, args, guidance_scale):
+    """uint8 NHWC images of these labels, sample i seeded by sample_seed(seed, i)."""
+    generators = [torch.Generator().manual_seed(sample_seed(args.seed, i)) for i in indices]
+    size = args.resolution
+    images = pipe(labels, guidance_scale=guidance_scale, num_inference_steps=args.num_inference_steps,
+                  generator=generators, height=size, width=size, output_type="pt", **sampler_options(args)).images
+    return to_uint8(images * 2 - 1).permute(0, 2, 3, 1).cpu().numpy()
+
+
+def _check_args(args):
+    if (args.out is None) == (args.grid is None):
+        raise ValueError("give exactly one of --out samples.npz (FID input) or --grid grid.png")
+    for name in ("num_samples", "batch_size", "per_label"):
+        value = getattr(args, name)
+        if value < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be a positive integer, got {value}")
+    target = Path(args.out or args.grid)
+    if target.exists() and not args.overwrite:
+        raise FileExistsError(f"{target} exists; choose another path or pass --overwrite to replace it")
+    if args.out is not None and target.suffix != ".npz":
+        raise ValueError(f"--out {target} must end in .npz (ADM format)")
+
+
+def _open_pipeline(args, device):
+    with warnings.catch_warnings():  # every diffusers takes torch_dtype; the newest also say dtype and warn
+        warnings.filterwarnings("ignore", "`torch_dtype` is deprecated", FutureWarning)
+        pipe = load_pipeline(args.pipeline, torch_dtype=DTYPES[args.dtype]).to(device)
+    pipe.set_progress_bar_config(disable=True)  # the batches have their own bar
+    return pipe
+
+
+def _run_description(args, guidance_scale):
+    """What the parts of an npz run depend on: resuming with anything else is refused."""
+    return {"pipeline": str(Path(args.pipeline).resolve()), "num_samples": args.num_samples,
+            "batch_size": args.batch_size, "seed": args.seed, "guidance_scale": guidance_scale,
+            "num_inference_steps": args.num_inference_steps, "sampler_options": sampler_options(args),
+            "resolution": args.resolution, "dtype": args.dtype}
+
+
+def _prepare_parts(parts, description, accelerator):
+    run_file = parts / "run.json"
+    if run_file.is_file() and json.loads(run_file.read_text()) != description:
+        raise ValueError(f"{parts} holds batches of a run with other settings ({run_file}); run with the same "
+                         f"arguments to resume it, or delete {parts} to start over")
+    if accelerator.is_main_process and not run_file.is_file():
+        parts.mkdir(parents=True, exist_ok=True)
+        run_file.write_text(json.dumps(description, indent=2))
+    accelerator.wait_for_everyone()
+
+
+def sample_npz(args, accelerator):
+    """Sample args.num_samples images over the processes into args.out; returns what was written."""
+    guidance = NPZ_GUIDANCE if args.guidance_scale is None else args.guidance_scale
+    out = Path(args.out)
+    parts = out.with_name(out.name + ".parts")
+    _prepare_parts(parts, _run_description(args, guidance), accelerator)
+    pipe = _open_pipeline(args, accelerator.device)
+    num_classes = pipe.transformer.config.num_classes
+    batches = range(math.ceil(args.num_samples / args.batch_size))
+    mine = [k for k in batches if k % accelerator.num_processes == accelerator.process_index]
+    todo = [k for k in mine if not (parts / f"batch-{k:06d}.npz").is_file()]
+    bar = tqdm(total=len(mine), initial=len(mine) - len(todo), unit="batch", desc="sampling",
+               disable=not accelerator.is_main_process)
+    for k in todo:
+        indices = range(k * args.batch_size, min((k + 1) * args.batch_size, args.num_samples))
+        labels = [i % num_classes for i in indices]
+        images = generate(pipe, labels, indices, args, guidance)
+        with atomic_path(parts / f"batch-{k:06d}.npz") as temporary, temporary.open("wb") as file:
+            np.savez(file, images=images, labels=np.asarray(labels))
+        bar.update()
+    bar.close()
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        files = [parts / f"batch-{k:06d}.npz" for k in batches]
+        labels = np.concatenate([np.load(f)["labels"] for f in files])
+        image_shape = np.load(files[0])["images"].shape[1:]
+        write_samples_npz(out, (np.load(f)["images"] for f in files), labels, image_shape)
+        shutil.rmtree(parts)
+    accelerator.wait_for_everyone()
+    return f"{out}: {args.num_samples} images from {accelerator.num_processes} process(es)"
+
+
+def sample_grid(args, device):
+    """A labelled PNG grid, args.per_label images per label; returns what was written."""
+    guidance = GRID_GUIDANCE if args.guidance_scale is None else args.guidance_scale
+    pipe = _open_pipeline(args, device)
+    id2label = pipe.config.id2label
+    rows = args.labels or list(range(min(10, pipe.transformer.config.num_classes)))
+    row_ids = pipe.get_label_ids([int(r) if str(r).isdigit() else r for r in rows])
+    labels = [class_id for class_id in row_ids for _ in range(args.per_label)]
+    images = []
+    for start in tqdm(range(0, len(labels), args.batch_size), unit="batch", desc="sampling"):
+        indices = range(start, min(start + args.batch_size, len(labels)))
+        images.extend(generate(pipe, [labels[i] for i in indices], indices, args, guidance))
+    pil = [Image.fromarray(image.squeeze(-1) if image.shape[-1] == 1 else image) for image in images]
+    grid = labelled_grid([(id2label.get(c, str(c)), pil[r * args.per_label:(r + 1) * args.per_label])
+                          for r, c in enumerate(row_ids)])
+    path = Path(args.grid)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    grid.save(path)
+    return f"{path}: {len(row_ids)} labels x {args.per_label} images"
+
+
+def run_sampling(args):
+    """Writes the npz or the grid; returns a line saying what was written (None on other processes)."""
+    from accelerate import Accelerator
+
+    _check_args(args)
+    accelerator = Accelerator()
+    if args.grid is not None:
+        return sample_grid(args, accelerator.device) if accelerator.is_main_process else None
+    written = sample_npz(args, accelerator)
+    return written if accelerator.is_main_process else None

@@ -17,8 +17,9 @@ def create_pipeline(transformer, objective, class_names, vae=None, **sampler_def
     id2label = dict(enumerate(class_names))
     process = create_objective(objective, learn_sigma=transformer.out_channels == 2 * transformer.config.in_channels)
     if process.kind == "ddpm":
-        settings = DDPMSettings(noise_schedule=objective["noise_schedule"], diffusion_steps=objective["diffusion_steps"],
-                                prediction=process.prediction, **sampler_defaults)
+        settings = DDPMSettings(noise_schedule=objective["noise_schedule"],
+                                diffusion_steps=objective["diffusion_steps"], prediction=process.prediction,
+                                **sampler_defaults)
         return DiTLLaMAPipeline(transformer, settings, vae, id2label)
     settings = FlowSettings(path=process.path_type, prediction=process.prediction, sample_eps=process.sample_eps,
                             **sampler_defaults)

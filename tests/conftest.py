@@ -1,5 +1,6 @@
 import pytest
 import torch
+from PIL import Image
 
 from vlgen.models import create_model
 
@@ -24,3 +25,24 @@ def inputs():
     t = torch.tensor([0.0, 321.0, 999.0])
     y = torch.tensor([0, 4, 9])
     return x, t, y
+
+
+def write_image_folder(root, per_class=3, size=(40, 30)):
+    """Three class folders (cat, ant, bee) of small PNGs."""
+    for label, name in enumerate(["cat", "ant", "bee"]):
+        (root / name).mkdir(parents=True)
+        for i in range(per_class):
+            Image.new("RGB", size, (80 * label, 20 * i, 0)).save(root / name / f"{i}.png")
+    return root
+
+
+def tiny_vae(path):
+    """A tiny AutoencoderKL (4 latent channels, factor 2) saved at path."""
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(0)
+    vae = AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
+                        up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(8, 16), layers_per_block=1,
+                        latent_channels=4, norm_num_groups=4, sample_size=16, scaling_factor=0.5, shift_factor=0.1)
+    vae.save_pretrained(path)
+    return vae.eval()

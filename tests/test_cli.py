@@ -4,6 +4,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from conftest import tiny_vae, write_image_folder
+
 VLGEN = str(Path(sys.executable).parent / "vlgen")
 
 
@@ -62,10 +64,9 @@ def test_train_config_errors_exit_2_naming_the_key(tmp_path):
 
 
 def test_extract_latents_command(tmp_path):
-    from test_training_data import _image_folder, tiny_vae
 
     tiny_vae(tmp_path / "vae")
-    root = _image_folder(tmp_path / "data", per_class=1)
+    root = write_image_folder(tmp_path / "data", per_class=1)
     result = subprocess.run([sys.executable, "-m", "vlgen", "extract-latents", str(root), "--out",
                              str(tmp_path / "latents"), "--vae", str(tmp_path / "vae"), "--resolution", "16",
                              "--num-workers", "0"], capture_output=True, text=True)
@@ -76,8 +77,7 @@ def test_extract_latents_command(tmp_path):
     assert result.returncode == 2 and "missing does not exist" in result.stderr
 
 
-def test_train_classifier_on_shapes_and_on_an_image_folder(tmp_path):
-    from test_training_data import _image_folder
+def test_train_classifier_on_shapes_and_on_anwrite_image_folder(tmp_path):
 
     from vlgen.tasks import VisionLLaMAClassifier
 
@@ -90,7 +90,7 @@ def test_train_classifier_on_shapes_and_on_an_image_folder(tmp_path):
     assert VisionLLaMAClassifier.from_pretrained(tmp_path / "shapes").head.out_features == 10
     result = run("train-classifier", *tiny, "--out", str(tmp_path / "shapes"))
     assert result.returncode == 2 and "pass --overwrite" in result.stderr and "%|" not in result.stderr  # refused before training
-    folder = _image_folder(tmp_path / "images", per_class=2)
+    folder = write_image_folder(tmp_path / "images", per_class=2)
     result = run("train-classifier", *tiny, "--data", str(folder), "--eval-data", str(folder), "--image-size", "16",
                  "--out", str(tmp_path / "folder"))
     assert result.returncode == 0, result.stderr

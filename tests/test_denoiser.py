@@ -1,10 +1,8 @@
 import pytest
 import torch
-from torch.nn import functional as F
 
 from conftest import tiny_model
 from vlgen.models import VisionLLaMADenoiser, create_model
-from vlgen.models.attention import attend
 from vlgen.models.registry import FAMILIES, PATCH_SIZES
 
 FAMILY_NAMES = [f"{family}-S/2" for family in FAMILIES]
@@ -143,21 +141,3 @@ def test_bad_configurations_raise_clear_errors():
         VisionLLaMADenoiser(hidden_size=30, num_heads=4, depth=1)
 
 
-def test_attend_back_propagates_bf16_attention_on_cpu_in_float32():
-    torch.manual_seed(0)
-    q, k, v = (torch.randn(2, 3, 16, 8).bfloat16() for _ in range(3))
-    with torch.no_grad():  # sampling: torch's bf16 kernel
-        assert torch.equal(attend(q, k, v), F.scaled_dot_product_attention(q, k, v))
-    leaves = [t.clone().requires_grad_() for t in (q, k, v)]
-    with torch.autocast("cpu", dtype=torch.bfloat16):  # training: float32 inside, bf16 out
-        out = attend(*leaves)
-    assert out.dtype == torch.bfloat16
-    assert torch.equal(out, F.scaled_dot_product_attention(q.float(), k.float(), v.float()).bfloat16())
-    out.float().square().sum().backward()
-    reference = [t.float().requires_grad_() for t in (q, k, v)]
-    F.scaled_dot_product_attention(*reference).square().sum().backward()
-    for leaf, ref in zip(leaves, reference):
-        assert leaf.grad.dtype == torch.bfloat16
-        torch.testing.assert_close(leaf.grad.float(), ref.grad, rtol=0.05, atol=0.05)
-    fp32 = [t.float() for t in (q, k, v)]
-    assert torch.equal(attend(*fp32), F.scaled_dot_product_attention(*fp32))

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_model
+from conftest import tiny_model, tiny_vae
 from PIL import Image
 
 from pipelines import DiTLLaMAPipeline, SiTLLaMAPipeline, create_pipeline, labelled_grid, load_pipeline
@@ -46,7 +46,6 @@ def test_save_and_from_pretrained_give_the_same_images(kind, tmp_path):
 
 
 def test_pipeline_with_a_vae_decodes_latents_and_round_trips(tmp_path):
-    from test_training_data import tiny_vae
 
     vae = tiny_vae(tmp_path / "vae")
     pipe = tiny_pipeline("flow", vae)

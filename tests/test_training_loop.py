@@ -11,6 +11,7 @@ from accelerate.state import AcceleratorState
 from PIL import Image
 from safetensors.torch import load_file
 
+from conftest import tiny_vae, write_image_folder
 from pipelines import load_pipeline
 from vlgen.commands.export import export_checkpoint
 from vlgen.models import VisionLLaMADenoiser
@@ -18,7 +19,6 @@ from vlgen.training import checkpoint as checkpoint_module
 from vlgen.training import load_config, train
 from vlgen.training.checkpoint import latest_checkpoint, list_checkpoints
 from vlgen.training.ema import create_ema, update_ema
-from vlgen.core.optimizer import create_adamw
 
 # A tiny run: 16x16 shapes, 2 blocks of width 64, batch 8.
 TINY = ["model.hidden_size=64", "model.depth=2", "model.num_heads=2", "data.resolution=16", "data.num_samples=200",
@@ -194,14 +194,13 @@ def test_training_on_images_with_a_corrupt_file(tmp_path):
 
 
 def test_training_on_latents_shape_mismatch_and_export(tmp_path):
-    from test_training_data import _image_folder, tiny_vae
 
     from vlgen.data.latents import extract_latents
     from vlgen.training.loop import Run
     from accelerate import Accelerator
 
     tiny_vae(tmp_path / "vae")
-    root = _image_folder(tmp_path / "data", per_class=2)
+    root = write_image_folder(tmp_path / "data", per_class=2)
     extract_latents(Accelerator(cpu=True), root, str(tmp_path / "vae"), tmp_path / "latents", resolution=12)
     latents = ["data.kind=latents", f"data.path={tmp_path / 'latents'}"]
     with pytest.raises(ValueError, match="patch size 4, which does not divide the data's size 6"):
@@ -334,22 +333,3 @@ def test_two_processes_equal_one_process_on_the_combined_batch(tmp_path):
         torch.testing.assert_close(two[name], one[name], rtol=0, atol=1e-6)
 
 
-def test_adamw_is_fused_on_cpu_and_steps_like_the_unfused_one():
-    torch.manual_seed(0)
-    weights = [torch.randn(5, 3), torch.randn(7)]
-    fused_params = [torch.nn.Parameter(w.clone()) for w in weights]
-    plain_params = [torch.nn.Parameter(w.clone()) for w in weights]
-    fused = create_adamw(fused_params, lr=1e-2, betas=(0.9, 0.95), weight_decay=0.1)
-    plain = torch.optim.AdamW(plain_params, lr=1e-2, betas=(0.9, 0.95), weight_decay=0.1, foreach=False)
-    assert fused.defaults["fused"] is True
-    for _ in range(5):
-        grads = [torch.randn_like(w) for w in weights]
-        for params, optimizer in ((fused_params, fused), (plain_params, plain)):
-            for p, g in zip(params, grads):
-                p.grad = g.clone()
-            optimizer.step()
-    for a, b, initial in zip(fused_params, plain_params, weights):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
-        assert not torch.equal(a.detach(), initial)  # the steps moved the weights
-    meta = create_adamw([torch.nn.Parameter(torch.empty(3, device="meta"))], lr=1e-3)
-    assert not meta.defaults["fused"]  # no fused kernel there: torch's default implementation

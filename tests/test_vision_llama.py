@@ -78,7 +78,7 @@ def test_bad_inputs_are_clear_errors():
     backbone = create_vision_llama("S", **TINY)
     with pytest.raises(ValueError, match=r"expected images of shape \(N, 3, H, W\)"):
         backbone(torch.randn(2, 1, 32, 32))
-    with pytest.raises(ValueError, match="not divisible by the patch size 4"):
+    with pytest.raises(ValueError, match="not a multiple of the patch size 4"):
         backbone(torch.randn(2, 3, 30, 32))
     with pytest.raises(ValueError, match="unknown VisionLLaMA size 'XL'"):
         create_classifier("XL")

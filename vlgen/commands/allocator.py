@@ -2,9 +2,8 @@
 
 glibc gives large blocks back to the kernel when they are freed (mmap threshold, heap trim). A
 denoiser step frees and reallocates the same tens-of-megabyte activations every step, so each step
-then pays page faults for fresh zeroed pages: measured on 2 cores, 20% of a DiT-LLaMA-S/2 forward
-at batch 16 (4x more minor faults). Keeping freed memory in the process removes that cost; the
-process's resident memory then stays at its peak. Called by the `vlgen` command and the
+then pays page faults for fresh zeroed pages (README, Benchmarks). Keeping freed memory in the
+process removes that cost; the process's resident memory then stays at its peak. Called by the `vlgen` command and the
 benchmarks; never on import.
 """
 import ctypes

@@ -219,8 +219,8 @@ class GaussianDiffusion:
         return self.sample_times(batch_size, device, generator)
 
 
-def create_diffusion(timestep_respacing="", noise_schedule="linear", diffusion_steps=1000, prediction=DEFAULT_PREDICTION,
-                     learn_sigma=True, sigma_small=False):
+def create_diffusion(timestep_respacing="", noise_schedule="linear", diffusion_steps=1000,
+                     prediction=DEFAULT_PREDICTION, learn_sigma=True, sigma_small=False):
     """DiT's create_diffusion: linear 1000-step schedule, learned-range sigma by default.
 
     timestep_respacing: "" (all steps), "250", "ddim50" or comma sections. Respacing keeps the

@@ -8,10 +8,8 @@ from vlgen.models.rope import apply_rope
 
 def attend(q, k, v):
     """softmax(q k^T / sqrt(hd)) v by torch's SDPA; q, k, v: (N, H, T, hd). Attention that will be
-    back-propagated on a CPU runs in float32: torch's bf16 CPU kernel is faster forward but much
-    slower backward (measured on 2 cores, forward + backward at 32x4x64x32: 8.4 ms in bf16, 2.2 ms
-    in float32; at 8x6x256x64 the two are even). Sampling keeps the bf16 kernel (forward at
-    16x6x256x64: 10 ms, against 17 ms in float32)."""
+    back-propagated on a CPU runs in float32: torch's bf16 CPU kernel is faster forward but slower
+    backward at small shapes (README, Benchmarks). Sampling keeps the bf16 kernel."""
     training = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
     if q.device.type == "cpu" and q.dtype != torch.float32 and training:
         with torch.autocast("cpu", enabled=False):  # autocast would cast the float32 inputs back down

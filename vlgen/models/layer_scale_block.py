@@ -1,5 +1,6 @@
-"""The pre-norm transformer block of VisionLLaMA's perception backbones (its LAMABlock):
-x + gamma_1 * attn(norm1(x)), then x + gamma_2 * mlp(norm2(x)), with LayerScale vectors gamma."""
+"""What VisionLLaMA's perception backbones share: the pre-norm transformer block (its LAMABlock),
+x + gamma_1 * attn(norm1(x)), then x + gamma_2 * mlp(norm2(x)) with LayerScale vectors gamma,
+DeiT's initialisation of the Linears and LayerNorms, and the check of their input images."""
 import torch
 from torch import nn
 
@@ -20,3 +21,26 @@ class LayerScaleBlock(nn.Module):
         """x: (N, T, D); attn_args: what the attention needs besides x (RoPE tables, grid size)."""
         x = torch.addcmul(x, self.gamma_1, self.attn(self.norm1(x), *attn_args))
         return torch.addcmul(x, self.gamma_2, self.mlp(self.norm2(x)))
+
+
+def init_linears_and_norms(root):
+    """DeiT's initialisation of every Linear under root (truncated normal, std 0.02, zero bias) and
+    every LayerNorm (unit weight, zero bias)."""
+    for module in root.modules():
+        if isinstance(module, nn.Linear):
+            nn.init.trunc_normal_(module.weight, std=0.02)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.LayerNorm):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+
+
+def check_images(images, channels, multiple, unit):
+    """images must be (N, channels, H, W) with H and W multiples of `multiple` (named by `unit`,
+    e.g. "the patch size 16")."""
+    if images.ndim != 4 or images.shape[1] != channels:
+        raise ValueError(f"expected images of shape (N, {channels}, H, W), got {tuple(images.shape)}")
+    if images.shape[-2] % multiple or images.shape[-1] % multiple:
+        raise ValueError(f"image size {tuple(images.shape[-2:])} is not a multiple of {unit}; resize or pad to a "
+                         "multiple of it")

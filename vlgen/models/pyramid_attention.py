@@ -16,7 +16,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from vlgen.models.attention import Attention, attend
-from vlgen.models.rope import apply_rope, rope_2d_angles, rope_angles_at, rope_tables
+from vlgen.models.rope import apply_rope, rope_2d_angles, rope_angles_at, rope_scales, rope_tables
 
 
 class LocallyGroupedAttention(Attention):
@@ -72,8 +72,7 @@ class GlobalSubsampledAttention(nn.Module):
         """(query tables, key tables) for an h x w grid, cached."""
         key = (grid_h, grid_w, torch.device(device))
         if key not in self._tables:
-            scale_h = self.base_grid[0] / grid_h if self.rope_auto_scale else 1.0
-            scale_w = self.base_grid[1] / grid_w if self.rope_auto_scale else 1.0
+            scale_h, scale_w = rope_scales(self.base_grid, grid_h, grid_w, self.rope_auto_scale)
             queries = rope_2d_angles(self.head_dim, grid_h, grid_w, self.rope_theta, scale_h, scale_w)
             sr = self.sr_ratio
             index = torch.arange((grid_h // sr) * (grid_w // sr), dtype=torch.float64)

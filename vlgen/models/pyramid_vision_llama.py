@@ -10,12 +10,11 @@ stage's output is LayerNormed and returned as a (N, C_i, H / s_i, W / s_i) map, 
 """
 import math
 
-import torch
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
-from vlgen.models.layer_scale_block import LayerScaleBlock
+from vlgen.models.layer_scale_block import LayerScaleBlock, check_images, init_linears_and_norms
 from vlgen.models.mlp import SwiGLU, swiglu_hidden_size
 from vlgen.models.pyramid_attention import (GlobalSubsampledAttention, LocallyGroupedAttention,
                                             PositionEncodingGenerator)
@@ -84,26 +83,15 @@ class PyramidVisionLLaMA(ModelMixin, ConfigMixin):
     def initialize_weights(self):
         """The reference's: truncated normal (0.02) Linears with zero bias, unit LayerNorms,
         convolutions normal(0, sqrt(2 / fan_out)) with zero bias."""
+        init_linears_and_norms(self)
         for module in self.modules():
-            if isinstance(module, nn.Linear):
-                nn.init.trunc_normal_(module.weight, std=0.02)
-                if module.bias is not None:
-                    nn.init.zeros_(module.bias)
-            elif isinstance(module, nn.LayerNorm):
-                nn.init.ones_(module.weight)
-                nn.init.zeros_(module.bias)
-            elif isinstance(module, nn.Conv2d):
+            if isinstance(module, nn.Conv2d):
                 fan_out = module.kernel_size[0] * module.kernel_size[1] * module.out_channels // module.groups
                 nn.init.normal_(module.weight, 0.0, math.sqrt(2.0 / fan_out))
                 nn.init.zeros_(module.bias)
 
     def forward(self, images):
-        cfg = self.config
-        if images.ndim != 4 or images.shape[1] != cfg.in_channels:
-            raise ValueError(f"expected images of shape (N, {cfg.in_channels}, H, W), got {tuple(images.shape)}")
-        if images.shape[-2] % self.input_multiple or images.shape[-1] % self.input_multiple:
-            raise ValueError(f"image size {tuple(images.shape[-2:])} is not a multiple of {self.input_multiple}; "
-                             "resize or pad to a multiple of it")
+        check_images(images, self.config.in_channels, self.input_multiple, str(self.input_multiple))
         n, height, width = images.shape[0], images.shape[-2], images.shape[-1]
         x, features = images, []
         for i, (embed, blocks) in enumerate(zip(self.patch_embeds, self.blocks)):

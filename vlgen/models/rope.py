@@ -33,6 +33,13 @@ def rope_2d_angles(head_dim, grid_h, grid_w, theta=10000.0, scale_h=1.0, scale_w
     return rope_angles_at(head_dim, x, y, theta)
 
 
+def rope_scales(base_grid, grid_h, grid_w, auto_scale):
+    """AS2DRoPE's position scales (h, w): training grid / current grid, or (1, 1) unscaled."""
+    if not auto_scale:
+        return 1.0, 1.0
+    return base_grid[0] / grid_h, base_grid[1] / grid_w
+
+
 def rope_tables(angles, device):
     """The (cos, signed_sin) tables of apply_rope, float32 (T, head_dim), from angles (T, head_dim // 2)."""
     angles = angles.repeat_interleave(2, dim=-1).to(device=device, dtype=torch.float32)
@@ -64,8 +71,7 @@ class RotaryEmbedding2D(nn.Module):
     def forward(self, grid_h, grid_w, device):
         key = (grid_h, grid_w, torch.device(device))
         if key not in self._cache:
-            scale_h = self.base_grid[0] / grid_h if self.auto_scale else 1.0
-            scale_w = self.base_grid[1] / grid_w if self.auto_scale else 1.0
+            scale_h, scale_w = rope_scales(self.base_grid, grid_h, grid_w, self.auto_scale)
             angles = rope_2d_angles(self.head_dim, grid_h, grid_w, self.theta, scale_h, scale_w, self.prefix_tokens)
             self._cache[key] = rope_tables(angles, device)
         return self._cache[key]

@@ -12,7 +12,7 @@ from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
 from vlgen.models.attention import Attention
-from vlgen.models.layer_scale_block import LayerScaleBlock
+from vlgen.models.layer_scale_block import LayerScaleBlock, check_images, init_linears_and_norms
 from vlgen.models.mlp import SwiGLU, swiglu_hidden_size
 from vlgen.models.rope import RotaryEmbedding2D
 from vlgen.models.sizes import TRANSFORMER_SIZES, sized_config
@@ -50,24 +50,13 @@ class VisionLLaMA(ModelMixin, ConfigMixin):
     def initialize_weights(self):
         """DeiT's: truncated normal (std 0.02) Linears with zero bias, unit LayerNorms, class token
         at std 0.02; the patch embedding keeps PyTorch's default."""
-        for module in self.modules():
-            if isinstance(module, nn.Linear):
-                nn.init.trunc_normal_(module.weight, std=0.02)
-                if module.bias is not None:
-                    nn.init.zeros_(module.bias)
-            elif isinstance(module, nn.LayerNorm):
-                nn.init.ones_(module.weight)
-                nn.init.zeros_(module.bias)
+        init_linears_and_norms(self)
         if self.cls_token is not None:
             nn.init.trunc_normal_(self.cls_token, std=0.02)
 
     def forward(self, images):
         cfg = self.config
-        if images.ndim != 4 or images.shape[1] != cfg.in_channels:
-            raise ValueError(f"expected images of shape (N, {cfg.in_channels}, H, W), got {tuple(images.shape)}")
-        if images.shape[-2] % cfg.patch_size or images.shape[-1] % cfg.patch_size:
-            raise ValueError(f"image size {tuple(images.shape[-2:])} is not divisible by the patch size "
-                             f"{cfg.patch_size}; resize or pad to a multiple of it")
+        check_images(images, cfg.in_channels, cfg.patch_size, f"the patch size {cfg.patch_size}")
         n, _, height, width = images.shape
         grid_h, grid_w = height // cfg.patch_size, width // cfg.patch_size
         tokens = self.patch_embed(images).flatten(2).transpose(1, 2)  # (N, T, D)

@@ -21,7 +21,7 @@ class ModelConfig:
     num_heads: int | None = 4
     class_dropout_prob: float = 0.1  # labels dropped to the null class, for classifier-free guidance
     gradient_checkpointing: bool = False
-    compile: bool = False  # torch.compile the denoiser (measured on 2 CPU cores: 3% faster, after a minute of compiling)
+    compile: bool = False  # torch.compile the denoiser (off: on CPU it pays little for its compile time)
 
 
 @dataclass

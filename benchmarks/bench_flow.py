@@ -6,12 +6,11 @@ be downloaded here; a trained field is less smooth, so dopri5 needs more evaluat
 
     python benchmarks/bench_flow.py [--model SiT-LLaMA-S/2] [--batch-size 8] [--steps 50] [--device cpu]
 """
-import time
 
 import torch
 
 from sampling import classifier_free_guidance, sample_ode
-from sampling_setup import latent_batch, random_weight_model, sampling_arguments
+from measure import latent_batch, random_weight_model, sampling_arguments, seconds
 from vlgen.commands.allocator import keep_freed_memory
 from vlgen.transport import Transport
 
@@ -47,17 +46,17 @@ def main():
     reference = None
     for name, options in solvers:
         counted.calls = 0
-        if args.device.startswith("cuda"):
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        with torch.inference_mode():
-            x = sample_ode(denoise, transport, noise, progress=False, y=labels, **options)
-        if args.device.startswith("cuda"):
-            torch.cuda.synchronize()
-        seconds = time.perf_counter() - start
+        samples = []
+
+        def run():
+            with torch.inference_mode():
+                samples.append(sample_ode(denoise, transport, noise, progress=False, y=labels, **options))
+
+        elapsed = seconds(run, args.device)
+        x = samples[0]
         reference = x if reference is None else reference
         rms = (x - reference).pow(2).mean().sqrt().item()
-        print(f"{name:<30} {counted.calls:>5} {seconds:>9.2f} {seconds / args.batch_size:>7.3f} {rms:>14.2e}")
+        print(f"{name:<30} {counted.calls:>5} {elapsed:>9.2f} {elapsed / args.batch_size:>7.3f} {rms:>14.2e}")
 
 
 if __name__ == "__main__":

@@ -7,13 +7,12 @@ would cost the same in both and hide the overhead.
 
     python benchmarks/bench_pipeline.py [--batch-size 16] [--steps 50] [--repeats 2] [--device cpu]
 """
-import time
 
 import torch
 
 from pipelines import create_pipeline
 from sampling import classifier_free_guidance, sample_ddpm, sample_ode
-from sampling_setup import latent_batch, random_weight_model, sampling_arguments
+from measure import latent_batch, random_weight_model, sampling_arguments, seconds
 from vlgen.commands.allocator import keep_freed_memory
 from vlgen.diffusion import create_diffusion
 from vlgen.transport import Transport
@@ -22,16 +21,6 @@ OBJECTIVES = {
     "DiT-LLaMA-S/2": {"kind": "ddpm", "noise_schedule": "linear", "diffusion_steps": 1000, "prediction": None},
     "SiT-LLaMA-S/2": {"kind": "flow", "path": "Linear", "prediction": None, "sample_eps": None},
 }
-
-
-def timed(function):
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    function()
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-    return time.perf_counter() - start
 
 
 def direct_sampler(model, objective, steps, scale):
@@ -67,7 +56,8 @@ def main():
         with torch.inference_mode():
             direct(noise[:2], labels[:2])  # warm-up
             # Interleaved repeats, best of each: robust to other load on a shared machine.
-            runs = [(timed(through_pipeline), timed(lambda: direct(noise, labels))) for _ in range(args.repeats)]
+            runs = [(seconds(through_pipeline, args.device), seconds(lambda: direct(noise, labels), args.device))
+                    for _ in range(args.repeats)]
         pipeline_s, direct_s = (min(times) for times in zip(*runs))
         print(f"{name:<15} {args.batch_size / pipeline_s:>15.3f} {args.batch_size / direct_s:>13.3f} "
               f"{100 * (pipeline_s / direct_s - 1):>8.1f}%")

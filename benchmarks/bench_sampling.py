@@ -5,25 +5,20 @@ forward of twice the batch, nothing else).
 
     python benchmarks/bench_sampling.py [--model DiT-LLaMA-S/2] [--batch-size 8] [--steps 50] [--device cpu]
 """
-import time
-
 import torch
 
+from measure import latent_batch, random_weight_model, sampling_arguments, seconds
 from sampling import classifier_free_guidance, sample_ddim, sample_ddpm
-from vlgen.diffusion import create_diffusion
-from sampling_setup import latent_batch, random_weight_model, sampling_arguments
 from vlgen.commands.allocator import keep_freed_memory
+from vlgen.diffusion import create_diffusion
 
 
 def time_sampler(sampler, denoise, diffusion, noise, labels):
-    if noise.device.type == "cuda":
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    with torch.inference_mode():
-        sampler(denoise, diffusion, noise, generator=torch.Generator().manual_seed(0), progress=False, y=labels)
-    if noise.device.type == "cuda":
-        torch.cuda.synchronize()
-    return time.perf_counter() - start
+    def run():
+        with torch.inference_mode():
+            sampler(denoise, diffusion, noise, generator=torch.Generator().manual_seed(0), progress=False, y=labels)
+
+    return seconds(run, noise.device)
 
 
 def main():

@@ -18,15 +18,12 @@ Rows (each timed configuration runs in its own subprocess, so its peak memory is
 """
 import argparse
 import json
-import resource
-import statistics
 import subprocess
 import sys
-import time
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
+from measure import measure_training, peak_memory_mib, random_weight_model, time_calls
 from vlgen.commands.allocator import keep_freed_memory
 
 TARGETS = (  # (description, value key, limit, "min" or "max")
@@ -39,80 +36,19 @@ TARGETS = (  # (description, value key, limit, "min" or "max")
 )
 
 
-def synchronize(device):
-    if device == "cuda":
-        torch.cuda.synchronize()
-
-
-def best_time(fn, device, repeats, warmup=1):
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        synchronize(device)
-        start = time.perf_counter()
-        fn()
-        synchronize(device)
-        times.append(time.perf_counter() - start)
-    return times
-
-
-def peak_memory_mib(device):
-    if device == "cuda":
-        return torch.cuda.max_memory_allocated() / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-
-
 def measure_matmul(device, dtype_name, size=2048, repeats=10):
     dtype = getattr(torch, dtype_name)
     a = torch.randn(size, size, device=device).to(dtype)
     b = torch.randn(size, size, device=device).to(dtype)
-    times = best_time(lambda: a @ b, device, repeats, warmup=2)
+    times = time_calls(lambda: a @ b, device, repeats, warmup=2)
     return {"gflop_per_s": 2 * size**3 / min(times) / 1e9}
-
-
-def measure_train(device, model_name, precision, batch_size, steps=8, warmup=2):
-    from vlgen.diffusion import create_diffusion
-    from vlgen.models import create_model
-    from vlgen.training.ema import create_ema, update_ema
-    from vlgen.core.optimizer import create_adamw
-
-    torch.manual_seed(0)
-    model = create_model(model_name, sample_size=32).to(device).train()
-    ema = create_ema(model)
-    diffusion = create_diffusion()  # 1000 linear steps, learned-range sigma: MSE + VLB
-    optimizer = create_adamw(model.parameters(), lr=1e-4)
-    x = torch.randn(batch_size, 4, 32, 32, device=device)
-    y = torch.randint(0, 1000, (batch_size,), device=device)
-    autocast = torch.autocast(device, dtype=torch.bfloat16, enabled=precision == "bf16")
-
-    def step():
-        t = torch.randint(0, 1000, (batch_size,), device=device)
-        with autocast:
-            loss = diffusion.training_losses(model, x, t, y=y)["loss"].mean()
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        update_ema(ema, model, 0.9999)
-
-    with FlopCounterMode(display=False) as counter:
-        step()
-    times = best_time(step, device, steps, warmup)
-    median = statistics.median(times)
-    flops = counter.get_total_flops()
-    return {"step_s": median, "images_per_s": batch_size / median, "gflop_per_step": flops / 1e9,
-            "gflop_per_s": flops / 1e9 / median, "peak_mib": peak_memory_mib(device)}
 
 
 def measure_sampling(device, guidance, precision, batch_size, num_steps, repeats=2):
     from sampling import classifier_free_guidance, sample_ddim
     from vlgen.diffusion import create_diffusion
-    from vlgen.models import create_model
 
-    torch.manual_seed(0)
-    model = create_model("DiT-LLaMA-S/2", sample_size=32).to(device).eval()
-    for param in model.parameters():  # the reference init outputs zeros: no realistic work
-        param.data.normal_(std=0.02)
+    model = random_weight_model("DiT-LLaMA-S/2", device)
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32
     model.to(dtype)
 
@@ -129,7 +65,7 @@ def measure_sampling(device, guidance, precision, batch_size, num_steps, repeats
         with torch.inference_mode():
             sample_ddim(denoise, diffusion, noise, progress=False, y=labels)
 
-    times = best_time(run, device, repeats)
+    times = time_calls(run, device, repeats)
     return {"batch_s": min(times), "images_per_s": batch_size / min(times), "peak_mib": peak_memory_mib(device)}
 
 
@@ -148,7 +84,7 @@ def measure_fid(device, num_images=100, batch_size=50, repeats=2):
         for batch in images.split(batch_size):
             features(batch)
 
-    times = best_time(run, device, repeats)
+    times = time_calls(run, device, repeats)
     return {"images_per_s": num_images / min(times), "peak_mib": peak_memory_mib(device)}
 
 
@@ -183,7 +119,7 @@ def measure_checkpointing_memory(model_name="DiT-LLaMA-XL/2", batch_size=32):
 
 MEASUREMENTS = {
     "matmul": lambda a: measure_matmul(a.device, a.dtype),
-    "train": lambda a: measure_train(a.device, a.model, a.precision, a.batch_size),
+    "train": lambda a: measure_training(a.model, a.device, a.precision, a.batch_size),
     "sample": lambda a: measure_sampling(a.device, a.guidance, a.precision, a.batch_size, a.sample_steps),
     "fid": lambda a: measure_fid(a.device),
     "memory": lambda a: measure_checkpointing_memory(),

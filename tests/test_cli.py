@@ -96,3 +96,21 @@ def test_train_classifier_on_shapes_and_on_anwrite_image_folder(tmp_path):
     assert result.returncode == 0, result.stderr
     classes = json.loads((tmp_path / "folder" / "metrics.json").read_text())["class_names"]
     assert classes == sorted(p.name for p in folder.iterdir())
+
+
+def test_help_answers_without_importing_torch():
+    probe = ("import sys; from vlgen.commands.cli import build_parser; build_parser(); "
+             "print(sorted(m for m in ('torch', 'diffusers', 'accelerate', 'numpy') if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
+    for command in ([], ["train"], ["sample"], ["demo"]):
+        help_text = run(*command, "--help")
+        assert help_text.returncode == 0 and "usage: vlgen" in help_text.stdout
+
+
+def test_the_parsers_choices_are_the_commands_own():
+    from vlgen.commands import cli, demo, sample
+
+    assert cli.DEMO_FRAMEWORKS == sorted(demo.FRAMEWORKS)
+    assert cli.SAMPLE_DTYPES == list(sample.DTYPES)

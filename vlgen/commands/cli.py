@@ -8,6 +8,11 @@ import warnings
 USER_ERRORS = (ValueError, OSError, FloatingPointError)
 # `vlgen train-classifier` without --size: learns shapes in a few minutes on 2 CPU cores.
 SMALL_CLASSIFIER = dict(hidden_size=96, depth=3, num_heads=6)
+# Choices and defaults the parsers show; the command modules that use them import torch and more,
+# which a parser (`vlgen --help`) must not wait for. tests/test_cli.py checks they agree.
+DEMO_FRAMEWORKS = ["dit", "sit"]  # vlgen.commands.demo.FRAMEWORKS
+SAMPLE_DTYPES = ["float32", "bfloat16", "float16"]  # vlgen.commands.sample.DTYPES
+NPZ_GUIDANCE_SCALE, GRID_GUIDANCE_SCALE = 1.5, 4.0  # DiT/SiT: 1.5 for the headline FID-50K, 4.0 for visuals
 
 
 def _cmd_models(args):
@@ -129,15 +134,66 @@ def _cmd_export(args):
     print(f"wrote {out}: EMA weights of {args.checkpoint}")
 
 
+def _add_demo_arguments(parser):
+    parser.add_argument("--out", default="demo-output", help="output directory (default demo-output)")
+    parser.add_argument("--framework", default="sit", choices=DEMO_FRAMEWORKS,
+                        help="sit: SiT-LLaMA with flow matching (default); dit: DiT-LLaMA with DDPM")
+    parser.add_argument("--steps", type=int, default=5000, help="denoiser training steps (default 5000)")
+    parser.add_argument("--resolution", type=int, default=16, choices=[16, 32, 64],
+                        help="image side in pixels (default 16; the models keep 8x8 tokens, so larger is not slower "
+                             "per step but needs more steps)")
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+                        help="auto: a GPU when one is present, else the CPU")
+    parser.add_argument("--mixed-precision", default="bf16", choices=["no", "bf16", "fp16"],
+                        help="autocast for both trainings (default bf16: faster on CPUs with bf16 matmuls and on GPUs)")
+    parser.add_argument("--batch-size", type=int, default=32, help="denoiser training batch (default 32)")
+    parser.add_argument("--lr", type=float, default=1e-3, help="denoiser learning rate (default 1e-3)")
+    parser.add_argument("--classifier-steps", type=int, default=1000, help="judge training steps (default 1000)")
+    parser.add_argument("--samples-per-class", type=int, default=50,
+                        help="generated (and real) images per class that are scored (default 50)")
+    parser.add_argument("--guidance-scale", type=float, default=4.0, help="classifier-free guidance (default 4)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+
+
+def _add_train_arguments(parser):
+    parser.add_argument("--config", default=None, help="YAML config (configs/*.yaml); default: the built-in small "
+                                                       "run on the shapes dataset")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config value, e.g. --set train.lr=2e-4 (repeatable)")
+    parser.add_argument("--resume", default=None, help="'latest' (newest checkpoint of logging.output_dir, if any) "
+                                                       "or a checkpoint directory")
+
+
+def _add_sample_arguments(parser):
+    parser.add_argument("--pipeline", required=True, help="pipeline directory (from `vlgen export`)")
+    parser.add_argument("--out", default=None, help="ADM-format .npz to write (FID-50K input)")
+    parser.add_argument("--grid", default=None, help="labelled PNG grid to write instead of an npz")
+    parser.add_argument("--num-samples", type=int, default=50_000, help="images in the npz (default 50000)")
+    parser.add_argument("--batch-size", type=int, default=64, help="images per batch and process (default 64)")
+    parser.add_argument("--labels", nargs="+", default=None,
+                        help="grid rows: label names or ids (default: the first 10 classes)")
+    parser.add_argument("--per-label", type=int, default=4, help="grid columns: images per label (default 4)")
+    parser.add_argument("--guidance-scale", type=float, default=None,
+                        help=f"classifier-free guidance (default {NPZ_GUIDANCE_SCALE} for --out, {GRID_GUIDANCE_SCALE} for --grid)")
+    parser.add_argument("--num-inference-steps", type=int, default=None, help="default: the pipeline's settings")
+    parser.add_argument("--sampler", default=None, help="ddpm / ddim (DDPM models), ode / sde (flow models)")
+    parser.add_argument("--option", dest="options", action="append", default=[], metavar="KEY=VALUE",
+                        help="a sampler option, e.g. --option method=heun --option eta=0.5 (value read as YAML)")
+    parser.add_argument("--resolution", type=int, default=None,
+                        help="image side in pixels (default: the trained size; others use AS2DRoPE)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--dtype", default="float32", choices=SAMPLE_DTYPES, help="transformer and VAE precision")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out / --grid file")
+
+
 def build_parser():
     parser = argparse.ArgumentParser(prog="vlgen", description="VisionLLaMA diffusion transformers.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     demo = sub.add_parser("demo", help="train, export, sample and score a small SiT-LLaMA on the built-in shapes "
                                        "dataset: minutes on a CPU, writes demo-output/")
-    from vlgen.commands.demo import add_arguments as add_demo_arguments
-
-    add_demo_arguments(demo)
+    _add_demo_arguments(demo)
     demo.set_defaults(func=_cmd_demo)
 
     models = sub.add_parser("models", help="list the named model sizes and their parameter counts")
@@ -173,16 +229,12 @@ def build_parser():
     fid.set_defaults(func=_cmd_fid)
 
     train = sub.add_parser("train", help="train a denoiser in one process (several: accelerate launch -m vlgen train)")
-    from vlgen.commands.train import add_arguments as add_train_arguments
-
-    add_train_arguments(train)
+    _add_train_arguments(train)
     train.set_defaults(func=_cmd_train)
 
     sample = sub.add_parser("sample", help="sample a pipeline into an ADM-format npz (sharded over processes under "
                                            "accelerate launch -m vlgen sample) or a labelled PNG grid")
-    from vlgen.commands.sample import add_arguments as add_sample_arguments
-
-    add_sample_arguments(sample)
+    _add_sample_arguments(sample)
     sample.set_defaults(func=_cmd_sample)
 
     latents = sub.add_parser("extract-latents", help="encode an image folder once with a VAE, for training on latents "

@@ -46,28 +46,6 @@ DATA_WORKERS = 2  # shapes are drawn on the fly: rendering in worker processes k
 REAL_IMAGES_SEED = 1_000_003  # held-out real images: neither the denoiser's nor the judge's training set
 
 
-def add_arguments(parser):
-    parser.add_argument("--out", default="demo-output", help="output directory (default demo-output)")
-    parser.add_argument("--framework", default="sit", choices=sorted(FRAMEWORKS),
-                        help="sit: SiT-LLaMA with flow matching (default); dit: DiT-LLaMA with DDPM")
-    parser.add_argument("--steps", type=int, default=5000, help="denoiser training steps (default 5000)")
-    parser.add_argument("--resolution", type=int, default=16, choices=[16, 32, 64],
-                        help="image side in pixels (default 16; the models keep 8x8 tokens, so larger is not slower "
-                             "per step but needs more steps)")
-    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
-                        help="auto: a GPU when one is present, else the CPU")
-    parser.add_argument("--mixed-precision", default="bf16", choices=["no", "bf16", "fp16"],
-                        help="autocast for both trainings (default bf16: faster on CPUs with bf16 matmuls and on GPUs)")
-    parser.add_argument("--batch-size", type=int, default=32, help="denoiser training batch (default 32)")
-    parser.add_argument("--lr", type=float, default=1e-3, help="denoiser learning rate (default 1e-3)")
-    parser.add_argument("--classifier-steps", type=int, default=1000, help="judge training steps (default 1000)")
-    parser.add_argument("--samples-per-class", type=int, default=50,
-                        help="generated (and real) images per class that are scored (default 50)")
-    parser.add_argument("--guidance-scale", type=float, default=4.0, help="classifier-free guidance (default 4)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
-
-
 def _check_args(args):
     for name in ("steps", "batch_size", "classifier_steps"):
         if getattr(args, name) < 1:

@@ -20,33 +20,11 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from pipelines import labelled_grid, load_pipeline
+from vlgen.commands.cli import GRID_GUIDANCE_SCALE, NPZ_GUIDANCE_SCALE
 from vlgen.core.atomic import atomic_path
 from vlgen.evaluation.images import to_uint8, write_samples_npz
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-NPZ_GUIDANCE, GRID_GUIDANCE = 1.5, 4.0  # DiT/SiT: 1.5 for the headline FID-50K, 4.0 for visuals
-
-
-def add_arguments(parser):
-    parser.add_argument("--pipeline", required=True, help="pipeline directory (from `vlgen export`)")
-    parser.add_argument("--out", default=None, help="ADM-format .npz to write (FID-50K input)")
-    parser.add_argument("--grid", default=None, help="labelled PNG grid to write instead of an npz")
-    parser.add_argument("--num-samples", type=int, default=50_000, help="images in the npz (default 50000)")
-    parser.add_argument("--batch-size", type=int, default=64, help="images per batch and process (default 64)")
-    parser.add_argument("--labels", nargs="+", default=None,
-                        help="grid rows: label names or ids (default: the first 10 classes)")
-    parser.add_argument("--per-label", type=int, default=4, help="grid columns: images per label (default 4)")
-    parser.add_argument("--guidance-scale", type=float, default=None,
-                        help=f"classifier-free guidance (default {NPZ_GUIDANCE} for --out, {GRID_GUIDANCE} for --grid)")
-    parser.add_argument("--num-inference-steps", type=int, default=None, help="default: the pipeline's settings")
-    parser.add_argument("--sampler", default=None, help="ddpm / ddim (DDPM models), ode / sde (flow models)")
-    parser.add_argument("--option", dest="options", action="append", default=[], metavar="KEY=VALUE",
-                        help="a sampler option, e.g. --option method=heun --option eta=0.5 (value read as YAML)")
-    parser.add_argument("--resolution", type=int, default=None,
-                        help="image side in pixels (default: the trained size; others use AS2DRoPE)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--dtype", default="float32", choices=list(DTYPES), help="transformer and VAE precision")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out / --grid file")
 
 
 def sample_seed(seed, index):
@@ -118,7 +96,7 @@ def _prepare_parts(parts, description, accelerator):
 
 def sample_npz(args, accelerator):
     """Sample args.num_samples images over the processes into args.out; returns what was written."""
-    guidance = NPZ_GUIDANCE if args.guidance_scale is None else args.guidance_scale
+    guidance = NPZ_GUIDANCE_SCALE if args.guidance_scale is None else args.guidance_scale
     out = Path(args.out)
     parts = out.with_name(out.name + ".parts")
     _prepare_parts(parts, _run_description(args, guidance), accelerator)
@@ -150,7 +128,7 @@ def sample_npz(args, accelerator):
 
 def sample_grid(args, device):
     """A labelled PNG grid, args.per_label images per label; returns what was written."""
-    guidance = GRID_GUIDANCE if args.guidance_scale is None else args.guidance_scale
+    guidance = GRID_GUIDANCE_SCALE if args.guidance_scale is None else args.guidance_scale
     pipe = _open_pipeline(args, device)
     id2label = pipe.config.id2label
     rows = args.labels or list(range(min(10, pipe.transformer.config.num_classes)))

@@ -16,15 +16,6 @@ GRID_CLASSES, GRID_COLUMNS = 10, 2  # rows: the first classes of the dataset; sa
 GRID_SAMPLERS = {"ddpm": {"sampler": "ddpm"}, "flow": {"sampler": "ode", "method": "heun"}}  # fixed step counts
 
 
-def add_arguments(parser):
-    parser.add_argument("--config", default=None, help="YAML config (configs/*.yaml); default: the built-in small "
-                                                       "run on the shapes dataset")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config value, e.g. --set train.lr=2e-4 (repeatable)")
-    parser.add_argument("--resume", default=None, help="'latest' (newest checkpoint of logging.output_dir, if any) "
-                                                       "or a checkpoint directory")
-
-
 def grid_sampler():
     """on_sample callback: the main process writes OUTPUT/samples/step-XXXXXXX.png from the EMA
     model, one labelled row per class (the first GRID_CLASSES), with fixed noise so grids of

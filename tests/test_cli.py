@@ -58,7 +58,7 @@ def test_train_then_export(tmp_path):
 def test_train_config_errors_exit_2_naming_the_key(tmp_path):
     result = run("train", "--set", "train.lrr=1")
     assert result.returncode == 2 and "unknown config key train.lrr" in result.stderr
-    result = subprocess.run([sys.executable, "-m", "vlgen.train", "--config", str(tmp_path / "none.yaml")],
+    result = subprocess.run([sys.executable, "-m", "vlgen", "train", "--config", str(tmp_path / "none.yaml")],
                             capture_output=True, text=True)
     assert result.returncode == 2 and "none.yaml not found" in result.stderr
 

@@ -190,6 +190,23 @@ def test_small_sets_and_jpeg_inputs_warn(tmp_path, folders, extractor):
         evaluate(tmp_path, second, extractor=extractor, cache_dir=None, progress=False)
 
 
+def test_an_uncalibrated_random_network_is_refused_not_scored_near_zero(tmp_path, folders):
+    """Random weights without BatchNorm statistics give features near 1e-8: FID ~ 1e-15 for any two
+    sets. Such features are refused; the same images pass with the calibrated random network."""
+    first, second, _ = folders
+    uncalibrated = InceptionFeatures("cpu", save_random_inception_weights(tmp_path / "raw.pth", calibrate=False))
+    with pytest.raises(ValueError, match="features of the generated images are nearly zero"):
+        evaluate(first, second, extractor=uncalibrated, cache_dir=None, progress=False)
+
+
+def test_one_image_repeated_draws_a_warning(tmp_path, folders, extractor):
+    _, second, images = folders
+    write_folder(tmp_path / "same", [images[0]] * 4)
+    with pytest.warns(UserWarning, match="all 4 generated images give the same Inception features"):
+        result = evaluate(tmp_path / "same", second, extractor=extractor, cache_dir=None, progress=False)
+    assert result["fid"] > 0
+
+
 def test_offline_without_weights_names_the_file_and_where_it_goes(tmp_path, monkeypatch):
     monkeypatch.delenv(WEIGHTS_ENV, raising=False)
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
@@ -208,7 +225,7 @@ def test_weights_from_the_environment_and_unsafe_files_refused(tmp_path, monkeyp
     pickled = tmp_path / "object.pth"
     torch.save({"model": mock.sentinel.__class__}, pickled)  # a class reference: not a plain state dict
     monkeypatch.setenv(WEIGHTS_ENV, str(pickled))
-    with pytest.raises(ValueError, match="refusing to unpickle"):
+    with pytest.raises(ValueError, match="not a plain tensor checkpoint"):
         InceptionFeatures("cpu")
 
 

@@ -10,6 +10,7 @@ from PIL import Image
 from test_pipelines import tiny_pipeline
 
 from vlgen.commands import sample as sample_module
+from vlgen.commands.cli import main
 
 class Killed(Exception):
     """Stands for the process being killed mid-run."""
@@ -32,7 +33,7 @@ def pipeline_dir(tmp_path_factory):
 
 
 def run(pipeline_dir, *args):
-    return sample_module.main(["--pipeline", str(pipeline_dir), *args])
+    return main(["sample", "--pipeline", str(pipeline_dir), *args])
 
 
 def test_npz_is_adm_format_with_balanced_labels(pipeline_dir, tmp_path):
@@ -113,10 +114,13 @@ def test_an_existing_output_is_never_overwritten_without_the_flag(pipeline_dir, 
     assert np.load(out)["arr_0"].shape[0] == 11
 
 
-def test_grid_has_a_row_per_label(pipeline_dir, tmp_path):
+def test_grid_has_a_row_per_label_and_shows_the_sampler_steps(pipeline_dir, tmp_path, capsys):
     path = tmp_path / "grid.png"
     assert run(pipeline_dir, "--grid", str(path), "--labels", "circle", "box", "7", "--per-label", "3",
                "--num-inference-steps", "2") == 0
+    progress = capsys.readouterr().err
+    assert "DDPM" in progress and "/2" in progress  # the sampler's step bar, not a "1/1 batch" bar
+    assert "batch" not in progress
     width, height = Image.open(path).size
     assert height == 3 * (16 + 2) + 2 and width > 3 * (16 + 2)
 
@@ -127,8 +131,8 @@ def test_two_processes_write_the_same_npz_as_one(pipeline_dir, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "true"}
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_machines", "1",
               "--mixed_precision", "no", "--dynamo_backend", "no"]  # --cpu would start one process only
-    commands = {"one": [sys.executable, "-m", "vlgen.sample"],
-                "two": [*launch, "--num_processes", "2", "-m", "vlgen.sample"]}
+    commands = {"one": [sys.executable, "-m", "vlgen", "sample"],
+                "two": [*launch, "--num_processes", "2", "-m", "vlgen", "sample"]}
     for name, command in commands.items():
         result = subprocess.run([*command, "--pipeline", str(pipeline_dir), *ARGS, "--out", str(tmp_path / f"{name}.npz")],
                                 env=env, capture_output=True, text=True, timeout=300)

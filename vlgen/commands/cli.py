@@ -2,6 +2,7 @@
 import argparse
 import sys
 import warnings
+from contextlib import contextmanager
 
 
 # Errors that come from the user's input or data: reported in one line, exit status 2.
@@ -13,6 +14,16 @@ SMALL_CLASSIFIER = dict(hidden_size=96, depth=3, num_heads=6)
 DEMO_FRAMEWORKS = ["dit", "sit"]  # vlgen.commands.demo.FRAMEWORKS
 SAMPLE_DTYPES = ["float32", "bfloat16", "float16"]  # vlgen.commands.sample.DTYPES
 NPZ_GUIDANCE_SCALE, GRID_GUIDANCE_SCALE = 1.5, 4.0  # DiT/SiT: 1.5 for the headline FID-50K, 4.0 for visuals
+
+
+@contextmanager
+def _warnings_reported(command):
+    """Warnings raised in the block, each printed as one `vlgen COMMAND: warning: ...` line after it."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        yield
+    for warning in caught:
+        print(f"vlgen {command}: warning: {warning.message}", file=sys.stderr)
 
 
 def _cmd_models(args):
@@ -46,17 +57,13 @@ def _cmd_convert(args):
 
 def _cmd_fid(args):
     import json
-    import warnings
 
     from vlgen.evaluation import evaluate
 
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
+    with _warnings_reported("fid"):
         results = evaluate(args.generated, args.reference, args.metrics, batch_size=args.batch_size,
                            device=args.device, inception_weights=args.inception_weights, num_workers=args.num_workers,
                            cache_dir=args.cache_dir or "default")
-    for warning in caught:
-        print(f"vlgen fid: warning: {warning.message}", file=sys.stderr)
     print(json.dumps(results))
     for name, value in results.items():
         print(f"{name:<22} {value:>14,}" if isinstance(value, int) else f"{name:<22} {value:>14.6g}")
@@ -130,7 +137,8 @@ def _cmd_extract_latents(args):
 def _cmd_export(args):
     from vlgen.commands.export import export_checkpoint
 
-    out = export_checkpoint(args.checkpoint, args.out, overwrite=args.overwrite)
+    with _warnings_reported("export"):
+        out = export_checkpoint(args.checkpoint, args.out, overwrite=args.overwrite)
     print(f"wrote {out}: EMA weights of {args.checkpoint}")
 
 
@@ -286,14 +294,26 @@ def build_parser():
 
 def main(argv=None):
     from vlgen.commands.allocator import keep_freed_memory
+    from vlgen.commands.launcher import check_launcher
 
     args = build_parser().parse_args(argv)
     keep_freed_memory()
+    launch_problem = check_launcher()
+    if launch_problem is not None:
+        print(f"vlgen {args.command}: warning: {launch_problem}", file=sys.stderr)
+    from vlgen.core.signals import Stopped
+
     try:
         args.func(args)
     except USER_ERRORS as error:
         print(f"vlgen {args.command}: error: {error}", file=sys.stderr)
         return 2
+    except Stopped as stop:  # a graceful stop on SIGTERM / SIGINT, at a point that resumes
+        print(f"vlgen {args.command}: {stop}", file=sys.stderr)
+        return stop.exit_code
+    except KeyboardInterrupt:  # a second Ctrl-C: stopped at once
+        print(f"vlgen {args.command}: interrupted", file=sys.stderr)
+        return 130
     return 0
 
 

@@ -9,6 +9,9 @@
    of generated and real images (FID's formula in the judge's feature space, not FID).
 
 OUT/ holds grid.png, loss.png, metrics.json, pipeline/, classifier/ and run/ (training output).
+OUT/demo.json records the settings at the start and metrics.json is written last: running the
+same command again after an interruption resumes the demo (the judge is loaded, the training
+continues from its newest checkpoint); a finished demo is kept unless --overwrite.
 """
 import json
 import os
@@ -21,12 +24,15 @@ import torch
 
 from pipelines import labelled_grid, load_pipeline
 from vlgen.commands.export import export_checkpoint
+from vlgen.core.atomic import atomic_path
 from vlgen.core.output_dir import check_output_dir, save_pretrained_with_metrics
-from vlgen.tasks.classification import accuracy, classify, create_classifier, train_classifier
-from vlgen.evaluation.generation_metrics import generation_metrics
-from vlgen.training import load_config, train
-from vlgen.training.checkpoint import latest_checkpoint
 from vlgen.data.shapes import ShapesDataset
+from vlgen.evaluation.generation_metrics import generation_metrics
+from vlgen.tasks.classification import (VisionLLaMAClassifier, accuracy, classify, create_classifier,
+                                        train_classifier)
+from vlgen.training import load_config, train
+from vlgen.training.checkpoint import NAME as CHECKPOINT_NAME
+from vlgen.training.checkpoint import latest_checkpoint
 
 # Model family, objective settings, sampler of the scored samples. Flow matching draws its training
 # times logit-normally (more steps at mid noise, where the shape is decided); DDPM takes the cosine
@@ -44,6 +50,8 @@ GRID_COLUMNS = 10
 GRID_PIXELS = 64  # grid cells are upscaled (nearest) to at least this size to stay visible
 DATA_WORKERS = 2  # shapes are drawn on the fly: rendering in worker processes keeps the judge's steps busy
 REAL_IMAGES_SEED = 1_000_003  # held-out real images: neither the denoiser's nor the judge's training set
+CHECKPOINT_EVERY = 500  # denoiser steps between checkpoints: what an interruption can cost
+SETTINGS_FILE = "demo.json"  # the arguments of the demo an output directory holds
 
 
 def _check_args(args):
@@ -73,9 +81,44 @@ def denoiser_config(args, out):
         f"train.global_batch_size={args.batch_size}", f"train.max_steps={args.steps}", f"train.lr={args.lr}",
         "train.warmup_steps=100", f'train.mixed_precision="{args.mixed_precision}"',
         f"train.seed={args.seed}",
-        f"logging.output_dir={out / 'run'}", "logging.log_every=25", f"logging.checkpoint_every={args.steps}",
+        f"logging.output_dir={out / 'run'}", "logging.log_every=25",
+        f"logging.checkpoint_every={min(CHECKPOINT_EVERY, args.steps)}", "logging.keep_checkpoints=1",
         "logging.sample_every=0", "logging.tracker=null",
     ])
+
+
+def demo_settings(args):
+    """What a demo's results depend on: every argument but where it goes and --overwrite."""
+    return {key: value for key, value in sorted(vars(args).items()) if key not in ("out", "overwrite", "func",
+                                                                                   "command")}
+
+
+def prepare_output(args):
+    """(OUT, resuming): a new output directory, or the unfinished demo of the same settings in it."""
+    out, settings = Path(args.out), demo_settings(args)
+    record = out / SETTINGS_FILE
+    if not args.overwrite and record.is_file() and not (out / "metrics.json").is_file():
+        saved = json.loads(record.read_text())
+        if saved != settings:
+            differ = "; ".join(f"{key}: {saved.get(key)!r} there, {settings.get(key)!r} now"
+                               for key in sorted(set(saved) | set(settings)) if saved.get(key) != settings.get(key))
+            raise ValueError(f"{out} holds an unfinished demo with other settings ({differ}); run the same command "
+                             "to resume it, or pass --overwrite to start again")
+        return out, True
+    check_output_dir(out, args.overwrite)  # a finished demo or anything else is kept unless --overwrite
+    shutil.rmtree(out, ignore_errors=True)  # --overwrite: nothing of an earlier demo is mixed in
+    out.mkdir(parents=True)
+    with atomic_path(record) as temporary:
+        temporary.write_text(json.dumps(settings, indent=2))
+    return out, False
+
+
+def load_judge(out):
+    """The judge a resumed demo trained before, and its held-out accuracy; None when there is none."""
+    if not (out / "classifier" / "metrics.json").is_file():
+        return None
+    judge = VisionLLaMAClassifier.from_pretrained(out / "classifier")
+    return judge, json.loads((out / "classifier" / "metrics.json").read_text())["held_out_accuracy"]
 
 
 def train_judge(args, out, accelerator):
@@ -141,28 +184,37 @@ def run_demo(args):
     from accelerate import Accelerator
 
     _check_args(args)
-    out = check_output_dir(args.out, args.overwrite)
-    shutil.rmtree(out, ignore_errors=True)  # --overwrite: nothing of an earlier demo is mixed in
-    out.mkdir(parents=True)
+    out, resuming = prepare_output(args)
     _select_device(args.device)
     config = denoiser_config(args, out)
     accelerator = Accelerator(mixed_precision=args.mixed_precision)
     device = accelerator.device
     started = time.perf_counter()
 
-    print(f"[1/4] judge: a VisionLLaMA classifier on real {args.resolution}px shapes ({device})")
-    judge, judge_accuracy = train_judge(args, out, accelerator)
+    earlier_judge = load_judge(out) if resuming else None
+    checkpoint = latest_checkpoint(out / "run") if resuming else None
+    resumed = {"judge": earlier_judge is not None,
+               "denoiser_from_step": int(CHECKPOINT_NAME.match(checkpoint.name).group(1)) if checkpoint else 0}
+    if resuming:
+        print(f"resuming the unfinished demo in {out}: judge {'loaded' if resumed['judge'] else 'trained again'}, "
+              f"denoiser from step {resumed['denoiser_from_step']} of {args.steps}")
+    if earlier_judge is not None:
+        judge, judge_accuracy = earlier_judge
+        print(f"[1/4] judge: loaded from {out / 'classifier'} (held-out accuracy {judge_accuracy:.3f})")
+    else:
+        print(f"[1/4] judge: a VisionLLaMA classifier on real {args.resolution}px shapes ({device})")
+        judge, judge_accuracy = train_judge(args, out, accelerator)
     judge_seconds = time.perf_counter() - started
 
     print(f"[2/4] denoiser: {config.model.name} (width {config.model.hidden_size}, depth {config.model.depth}), "
           f"{config.objective.kind} objective, {args.steps} steps of {args.batch_size}")
-    train(config)
+    train(config, resume="latest")
     train_seconds = time.perf_counter() - started - judge_seconds
     _, _, sampler = FRAMEWORKS[args.framework]
     records = save_loss_curve(out / "run" / "metrics.jsonl", out / "loss.png", f"{config.model.name} on shapes")
 
     print("[3/4] export and sample")
-    export_checkpoint(latest_checkpoint(out / "run"), out / "pipeline")
+    export_checkpoint(latest_checkpoint(out / "run"), out / "pipeline", overwrite=True)
     pipe = load_pipeline(out / "pipeline").to(device)
     generated, labels = sample_classes(pipe, sampler, args, device)
     save_grid(generated, labels, out / "grid.png")
@@ -188,8 +240,10 @@ def run_demo(args):
         "judge_feature_frechet_distance_real_vs_real": floor["feature_frechet_distance"],
         "seconds": {"judge": judge_seconds, "denoiser_training": train_seconds, "sampling": sample_seconds,
                     "total": time.perf_counter() - started},
+        "resumed": resumed,
     }
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    with atomic_path(out / "metrics.json") as temporary:  # written last: it marks the demo finished
+        temporary.write_text(json.dumps(metrics, indent=2))
     print_summary(metrics, out)
     return metrics
 
@@ -203,7 +257,9 @@ def print_summary(metrics, out):
         ("judge-feature Frechet distance", f"{metrics['judge_feature_frechet_distance']:.3f} "
                                            f"(real vs real: {metrics['judge_feature_frechet_distance_real_vs_real']:.3f})"),
         ("time", f"{metrics['seconds']['total']:.0f} s (judge {metrics['seconds']['judge']:.0f}, training "
-                 f"{metrics['seconds']['denoiser_training']:.0f}, sampling {metrics['seconds']['sampling']:.0f})"),
+                 f"{metrics['seconds']['denoiser_training']:.0f}, sampling {metrics['seconds']['sampling']:.0f})"
+                 + (" in this run, which resumed an interrupted demo" if metrics["resumed"]["judge"]
+                    or metrics["resumed"]["denoiser_from_step"] else "")),
         ("written", f"{out}/: grid.png, loss.png, metrics.json, pipeline/, classifier/, run/"),
     ]
     width = max(len(name) for name, _ in rows)

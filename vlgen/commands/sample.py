@@ -7,21 +7,28 @@ so the npz is the same for any number of processes. Each finished batch is writt
 to OUT.parts/ and skipped when the command is run again: an interrupted run resumes. The final
 npz (ADM format: uint8 NHWC `arr_0`, labels `arr_1`) replaces the parts when all are done.
 """
+import hashlib
 import json
 import math
 import shutil
+import signal
 import warnings
+import zipfile
+from contextlib import ExitStack
 from pathlib import Path
 
 import numpy as np
 import torch
 import yaml
 from PIL import Image
+from accelerate.utils import gather_object
 from tqdm.auto import tqdm
 
 from pipelines import labelled_grid, load_pipeline
 from vlgen.commands.cli import GRID_GUIDANCE_SCALE, NPZ_GUIDANCE_SCALE
 from vlgen.core.atomic import atomic_path
+from vlgen.core.ownership import owned
+from vlgen.core.signals import GracefulStop, Stopped, stop_agreed
 from vlgen.evaluation.images import to_uint8, write_samples_npz
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -75,67 +82,143 @@ def _open_pipeline(args, device):
     return pipe
 
 
+def pipeline_fingerprint(directory):
+    """sha256 of every file of a pipeline directory (configs and weights) by relative path: what
+    its samples depend on, wherever it lies."""
+    directory, digests = Path(directory), {}
+    for file in sorted(path for path in directory.rglob("*") if path.is_file()):
+        digest = hashlib.sha256()
+        with file.open("rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(chunk)
+        digests[file.relative_to(directory).as_posix()] = digest.hexdigest()
+    return digests
+
+
 def _run_description(args, guidance_scale):
     """What the parts of an npz run depend on: resuming with anything else is refused."""
-    return {"pipeline": str(Path(args.pipeline).resolve()), "num_samples": args.num_samples,
+    return {"pipeline_files": pipeline_fingerprint(args.pipeline), "num_samples": args.num_samples,
             "batch_size": args.batch_size, "seed": args.seed, "guidance_scale": guidance_scale,
             "num_inference_steps": args.num_inference_steps, "sampler_options": sampler_options(args),
             "resolution": args.resolution, "dtype": args.dtype}
 
 
-def _prepare_parts(parts, description, accelerator):
+def _differences(saved, current):
+    """What differs between two run descriptions, in words."""
+    words = []
+    for key in sorted(set(saved) | set(current)):
+        before, now = saved.get(key), current.get(key)
+        if before == now:
+            continue
+        if key == "pipeline_files":
+            before, now = before or {}, now or {}
+            changed = sorted(name for name in set(before) | set(now) if before.get(name) != now.get(name))
+            words.append(f"the pipeline's files ({', '.join(changed[:4])}{' ...' if len(changed) > 4 else ''})")
+        else:
+            words.append(f"{key}: {before!r} there, {now!r} now")
+    return "; ".join(words)
+
+
+def _claim_parts(parts, description, accelerator, held):
+    """Hold OUT.parts/ (main process) and check that its batches, if any, come from these settings;
+    a run.json without batches (a run that failed before its first batch) is replaced."""
+    problem = None
+    if accelerator.is_main_process:
+        try:
+            held.enter_context(owned(parts))
+        except ValueError as error:
+            problem = str(error)
     run_file = parts / "run.json"
-    if run_file.is_file() and json.loads(run_file.read_text()) != description:
-        raise ValueError(f"{parts} holds batches of a run with other settings ({run_file}); run with the same "
-                         f"arguments to resume it, or delete {parts} to start over")
-    if accelerator.is_main_process and not run_file.is_file():
-        parts.mkdir(parents=True, exist_ok=True)
-        run_file.write_text(json.dumps(description, indent=2))
+    if problem is None and run_file.is_file() and any(parts.glob("batch-*.npz")):
+        differ = _differences(json.loads(run_file.read_text()), description)
+        if differ:
+            problem = (f"{parts} holds batches of a run with other settings ({differ}); run with the same "
+                       f"arguments and pipeline to resume it, or delete {parts} to start over")
+    elif problem is None and accelerator.is_main_process:
+        with atomic_path(run_file) as temporary:
+            temporary.write_text(json.dumps(description, indent=2))
+    if accelerator.num_processes > 1:
+        problem = next((p for p in gather_object([problem]) if p), None)
+    if problem is not None:
+        raise ValueError(problem)
     accelerator.wait_for_everyone()
+
+
+def _read_part(file):
+    try:
+        with np.load(file) as part:
+            return part["images"], part["labels"]
+    except (zipfile.BadZipFile, ValueError, EOFError, KeyError, OSError):
+        raise ValueError(f"{file} is damaged; delete it and run the same command again to sample that batch "
+                         "again") from None
 
 
 def sample_npz(args, accelerator):
-    """Sample args.num_samples images over the processes into args.out; returns what was written."""
+    """Sample args.num_samples images over the processes into args.out; returns what was written.
+    SIGTERM or SIGINT stops after the current batch (raises Stopped); the same command resumes."""
     guidance = NPZ_GUIDANCE_SCALE if args.guidance_scale is None else args.guidance_scale
     out = Path(args.out)
     parts = out.with_name(out.name + ".parts")
-    _prepare_parts(parts, _run_description(args, guidance), accelerator)
-    pipe = _open_pipeline(args, accelerator.device)
+    pipe = _open_pipeline(args, accelerator.device)  # a missing or bad pipeline fails before OUT.parts/ exists
+    with ExitStack() as held:
+        _claim_parts(parts, _run_description(args, guidance), accelerator, held)
+        try:
+            _sample_batches(pipe, parts, args, guidance, accelerator)
+        except BaseException:
+            if accelerator.is_main_process and not any(parts.glob("batch-*.npz")):
+                shutil.rmtree(parts, ignore_errors=True)  # nothing sampled: nothing left to block a new run
+            raise
+        if accelerator.is_main_process:
+            files = [parts / f"batch-{k:06d}.npz" for k in range(_batch_count(args))]
+            labels = np.concatenate([_read_part(f)[1] for f in files])
+            image_shape = _read_part(files[0])[0].shape[1:]
+            write_samples_npz(out, (_read_part(f)[0] for f in files), labels, image_shape)
+            shutil.rmtree(parts)
+    accelerator.wait_for_everyone()
+    return f"{out}: {args.num_samples} images from {accelerator.num_processes} process(es)"
+
+
+def _batch_count(args):
+    return math.ceil(args.num_samples / args.batch_size)
+
+
+def _sample_batches(pipe, parts, args, guidance, accelerator):
+    """This process's missing batches, each written to OUT.parts/ as soon as it is done."""
     num_classes = pipe.transformer.config.num_classes
-    batches = range(math.ceil(args.num_samples / args.batch_size))
-    mine = [k for k in batches if k % accelerator.num_processes == accelerator.process_index]
+    mine = [k for k in range(_batch_count(args)) if k % accelerator.num_processes == accelerator.process_index]
     todo = [k for k in mine if not (parts / f"batch-{k:06d}.npz").is_file()]
     bar = tqdm(total=len(mine), initial=len(mine) - len(todo), unit="batch", desc="sampling",
                disable=not accelerator.is_main_process)
-    for k in todo:
-        indices = range(k * args.batch_size, min((k + 1) * args.batch_size, args.num_samples))
-        labels = [i % num_classes for i in indices]
-        images = generate(pipe, labels, indices, args, guidance)
-        with atomic_path(parts / f"batch-{k:06d}.npz") as temporary, temporary.open("wb") as file:
-            np.savez(file, images=images, labels=np.asarray(labels))
-        bar.update()
+    with GracefulStop("the current batch") as stop:
+        for k in todo:
+            indices = range(k * args.batch_size, min((k + 1) * args.batch_size, args.num_samples))
+            labels = [i % num_classes for i in indices]
+            images = generate(pipe, labels, indices, args, guidance)
+            with atomic_path(parts / f"batch-{k:06d}.npz") as temporary, temporary.open("wb") as file:
+                np.savez(file, images=images, labels=np.asarray(labels))
+            bar.update()
+            if stop_agreed(accelerator, stop):
+                bar.close()
+                done = sum(1 for _ in parts.glob("batch-*.npz"))
+                raise Stopped(f"stopped by {stop.name or 'a signal on another process'} with {done} of "
+                              f"{_batch_count(args)} batches in {parts}; run the same command to continue",
+                              stop.signum or signal.SIGTERM)
     bar.close()
     accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        files = [parts / f"batch-{k:06d}.npz" for k in batches]
-        labels = np.concatenate([np.load(f)["labels"] for f in files])
-        image_shape = np.load(files[0])["images"].shape[1:]
-        write_samples_npz(out, (np.load(f)["images"] for f in files), labels, image_shape)
-        shutil.rmtree(parts)
-    accelerator.wait_for_everyone()
-    return f"{out}: {args.num_samples} images from {accelerator.num_processes} process(es)"
 
 
 def sample_grid(args, device):
     """A labelled PNG grid, args.per_label images per label; returns what was written."""
     guidance = GRID_GUIDANCE_SCALE if args.guidance_scale is None else args.guidance_scale
     pipe = _open_pipeline(args, device)
+    pipe.set_progress_bar_config(disable=False)  # a grid is a batch or two: show the sampler's steps
     id2label = pipe.config.id2label
     rows = args.labels or list(range(min(10, pipe.transformer.config.num_classes)))
     row_ids = pipe.get_label_ids([int(r) if str(r).isdigit() else r for r in rows])
     labels = [class_id for class_id in row_ids for _ in range(args.per_label)]
     images = []
-    for start in tqdm(range(0, len(labels), args.batch_size), unit="batch", desc="sampling"):
+    starts = range(0, len(labels), args.batch_size)
+    for start in tqdm(starts, unit="batch", desc="sampling", disable=len(starts) == 1):
         indices = range(start, min(start + args.batch_size, len(labels)))
         images.extend(generate(pipe, [labels[i] for i in indices], indices, args, guidance))
     pil = [Image.fromarray(image.squeeze(-1) if image.shape[-1] == 1 else image) for image in images]

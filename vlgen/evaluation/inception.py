@@ -11,6 +11,8 @@ from torch_fidelity.feature_extractor_inceptionv3 import URL_INCEPTION_V3, Featu
 from torch_fidelity.utils import create_feature_extractor
 from tqdm.auto import tqdm
 
+from vlgen.core.tensor_files import load_tensor_file
+
 WEIGHTS_ENV = "VLGEN_INCEPTION_WEIGHTS"
 # ADM's sFID: the first 7 channels of TF's mixed_6/conv (torch-fidelity's Mixed_6d.branch1x1 after
 # BN and ReLU), 17 x 17 x 7, flattened in NHWC order.
@@ -33,10 +35,7 @@ def resolve_weights(path=None):
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"Inception weights {path} do not exist (from --inception-weights or ${WEIGHTS_ENV})")
-    try:
-        torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:
-        raise ValueError(f"{path} is not a plain state dict of tensors; refusing to unpickle it ({error})") from error
+    load_tensor_file(path)
     return path
 
 
@@ -103,18 +102,20 @@ class _UnloadedInceptionV3(FeatureExtractorInceptionV3):
         return super().load_state_dict(state_dict, strict=False, assign=assign)
 
 
-def save_random_inception_weights(path, seed=0):
-    """Write random inception-v3-compat weights (BatchNorm statistics calibrated on random images so
-    features vary) for tests and speed measurements without the real file. Metrics computed with
-    them mean nothing."""
+def save_random_inception_weights(path, seed=0, calibrate=True):
+    """Write random inception-v3-compat weights for offline smoke tests and speed measurements
+    without the real file; metrics computed with them mean nothing. calibrate: set the BatchNorm
+    statistics from random images so that features vary (uncalibrated, the features are nearly
+    zero and `evaluate` refuses them)."""
     path = Path(path)
     torch.manual_seed(seed)
     torch.save({}, path)
     network = _UnloadedInceptionV3("inception-v3-compat", ["2048"], feature_extractor_weights_path=str(path))
-    for module in network.modules():
-        if isinstance(module, torch.nn.BatchNorm2d):
-            module.momentum = None  # a plain average over the calibration batch
-    with torch.no_grad():
-        network.train()((torch.rand(8, 3, 64, 64) * 255).to(torch.uint8))
+    if calibrate:
+        for module in network.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.momentum = None  # a plain average over the calibration batch
+        with torch.no_grad():
+            network.train()((torch.rand(8, 3, 64, 64) * 255).to(torch.uint8))
     torch.save(network.state_dict(), path)
     return path

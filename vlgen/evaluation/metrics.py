@@ -2,6 +2,7 @@
 precomputed reference statistics work), IS, KID and precision/recall (torch-fidelity's functions)."""
 import warnings
 
+import numpy as np
 import torch
 from torch_fidelity.metric_isc import isc_features_to_metric
 from torch_fidelity.metric_kid import kid_features_to_metric
@@ -16,6 +17,24 @@ METRICS = ("fid", "sfid", "isc", "kid", "prc")
 FULL_SET = 50_000  # the papers' FID-50K
 IS_SPLITS = 10  # ADM: splits of 5,000 in order (no shuffle); 10 of them for 50K images
 PRC_NEIGHBOURS = 3
+MIN_FEATURE_SCALE = 1e-3  # mean |pool feature| below which the network is not the FID Inception
+
+
+def check_features(features, what):
+    """Refuse features no FID Inception gives: its pool features are averages of ReLU activations,
+    of order 0.1 to 1; nearly zero ones come from other weights (random, uncalibrated, corrupt), and
+    FID computed from them is near 0 whatever the images. Warn when every image gives the same
+    features (a generator that makes one image)."""
+    pool = np.asarray(features["pool"], dtype=np.float64)
+    scale = float(np.abs(pool).mean())
+    if not scale >= MIN_FEATURE_SCALE:
+        raise ValueError(f"the Inception features of the {what} images are nearly zero (mean |feature| {scale:.2g}, "
+                         f"expected 0.1 to 1): these weights are not the FID Inception network, and every metric "
+                         f"computed with them would mean nothing; use torch-fidelity's "
+                         f"weights-inception-2015-12-05-6726825d.pth (--inception-weights)")
+    if len(pool) > 1 and float(pool.std(axis=0).max()) <= 1e-6 * scale:
+        warnings.warn(f"all {len(pool)} {what} images give the same Inception features: are they one image?",
+                      stacklevel=3)
 
 
 def parse_metrics(metrics):
@@ -47,6 +66,7 @@ def evaluate(generated, reference=None, metrics=("fid",), *, batch_size=50, devi
     source = open_images(generated)
     features = extractor.extract(source, desc="generated features", **options)
     count = len(features["pool"])
+    check_features(features, "generated")
     if count < 2:
         raise ValueError(f"metrics need at least 2 generated images, got {count}")
     if count < FULL_SET and compared:

@@ -10,6 +10,7 @@ import re
 
 import torch
 
+from vlgen.core.tensor_files import load_tensor_file
 from vlgen.models.denoiser import VisionLLaMADenoiser
 from vlgen.models.embeddings import sincos_pos_embed_2d
 from vlgen.models.registry import FAMILIES, SIZES
@@ -143,8 +144,7 @@ def load_reference_checkpoint(path, weights="ema"):
     """Read an official .pt: a plain state dict, or a training checkpoint {"model", "ema", ...}
     (EMA weights by default). Loaded with weights_only=True; argparse.Namespace (the references'
     saved "args") is the only extra type allowed."""
-    with torch.serialization.safe_globals([argparse.Namespace]):
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    checkpoint = load_tensor_file(path, allowed_types=[argparse.Namespace])
     if not isinstance(checkpoint, dict):
         raise ValueError(f"{path}: expected a state dict or a dict of state dicts, got {type(checkpoint).__name__}")
     if "model" in checkpoint or "ema" in checkpoint:

@@ -32,6 +32,8 @@ def check_config(config):
                 "logging.sample_steps", "data.resolution", "data.num_samples"):
         section, name = key.split(".")
         _positive(key, getattr(getattr(config, section), name))
+    if config.logging.keep_checkpoints is not None:
+        _positive("logging.keep_checkpoints", config.logging.keep_checkpoints)
     if config.logging.sample_every < 0 or config.data.num_workers < 0 or config.train.warmup_steps < 0:
         raise ValueError("logging.sample_every, data.num_workers and train.warmup_steps must not be negative")
     if not config.train.lr > 0:

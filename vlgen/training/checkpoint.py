@@ -4,7 +4,7 @@
         ema/                 the EMA denoiser (save_pretrained: config.json + safetensors)
         model.safetensors    the trained weights
         optimizer.pt         optimizer state (tensors only: loaded with weights_only=True)
-        state.pt             step, LR-scheduler and fp16 grad-scaler state
+        state.pt             step, LR-scheduler and fp16 grad-scaler state, the open metrics window
         rng-<process>.pt     each process's torch RNG states
         config.yaml          the resolved training config
         data.json            what the data was: classes, channels, size, latent VAE
@@ -22,6 +22,7 @@ from accelerate.utils import gather_object
 from safetensors.torch import load_model, save_model
 
 from vlgen.core.atomic import atomic_path
+from vlgen.core.tensor_files import load_tensor_file
 from vlgen.training.config import save_config
 
 NAME = re.compile(r"^step-(\d{7,})$")
@@ -45,10 +46,6 @@ def latest_checkpoint(output_dir):
     return found[-1] if found else None
 
 
-def _load_tensors(path):
-    return torch.load(path, map_location="cpu", weights_only=True)
-
-
 def _rng_state():
     state = {"cpu": torch.get_rng_state()}
     if torch.cuda.is_available():
@@ -56,7 +53,8 @@ def _rng_state():
     return state
 
 
-def save_checkpoint(accelerator, directory, *, model, ema, optimizer, scheduler, step, config, data_info):
+def save_checkpoint(accelerator, directory, *, model, ema, optimizer, scheduler, step, config, data_info,
+                    window_state=None):
     """Write a checkpoint atomically (vlgen.core.atomic); every process must call it: the main
     process gathers each process's RNG state and writes everything."""
     rng_states = gather_object([_rng_state()]) if accelerator.num_processes > 1 else [_rng_state()]
@@ -69,7 +67,8 @@ def save_checkpoint(accelerator, directory, *, model, ema, optimizer, scheduler,
             save_model(accelerator.unwrap_model(model), str(temporary / "model.safetensors"))
             torch.save(optimizer.state_dict(), temporary / "optimizer.pt")
             scaler = accelerator.scaler.state_dict() if accelerator.scaler is not None else None
-            torch.save({"step": step, "scheduler": scheduler.state_dict(), "scaler": scaler}, temporary / "state.pt")
+            state = {"step": step, "scheduler": scheduler.state_dict(), "scaler": scaler, "log_window": window_state}
+            torch.save(state, temporary / "state.pt")
             save_config(config, temporary / "config.yaml")
             (temporary / "data.json").write_text(json.dumps(data_info, indent=2))
     accelerator.wait_for_everyone()
@@ -85,30 +84,41 @@ def read_checkpoint_config(directory):
     return yaml.safe_load(path.read_text())
 
 
+def checkpoint_step(directory):
+    """The optimisation step a checkpoint was saved at."""
+    return int(load_tensor_file(Path(directory) / "state.pt")["step"])
+
+
 def read_data_info(directory):
     return json.loads((Path(directory) / "data.json").read_text())
 
 
+def safetensors_device(device):
+    """The device name safetensors accepts: "cpu" (not the "cpu:0" of CPU DDP processes) or "cuda:N"."""
+    device = torch.device(device)
+    return "cpu" if device.type == "cpu" else str(device)
+
+
 def load_checkpoint(accelerator, directory, *, model, ema, optimizer, scheduler):
-    """Restore a checkpoint written by save_checkpoint into the given objects; returns its step."""
+    """Restore a checkpoint written by save_checkpoint into the given objects; returns (its step, the
+    metrics window it saved or None)."""
     directory = Path(directory)
     for name in ("model.safetensors", "optimizer.pt", "state.pt", "ema"):
         if not (directory / name).exists():
             raise FileNotFoundError(f"{directory} is not a complete training checkpoint (no {name})")
-    device = accelerator.device  # safetensors takes "cpu" or "cuda:N", not the "cpu:0" of CPU DDP
     load_model(accelerator.unwrap_model(model), str(directory / "model.safetensors"),
-               device="cpu" if device.type == "cpu" else str(device))
+               device=safetensors_device(accelerator.device))
     ema_weights = type(ema).from_pretrained(directory / "ema").state_dict()
     ema.load_state_dict(ema_weights)
-    optimizer.load_state_dict(_load_tensors(directory / "optimizer.pt"))
-    state = _load_tensors(directory / "state.pt")
+    optimizer.load_state_dict(load_tensor_file(directory / "optimizer.pt"))
+    state = load_tensor_file(directory / "state.pt")
     scheduler.load_state_dict(state["scheduler"])
     if accelerator.scaler is not None and state["scaler"] is not None:
         accelerator.scaler.load_state_dict(state["scaler"])
     rng_file = directory / f"rng-{accelerator.process_index}.pt"
     if rng_file.is_file():  # absent when resuming with more processes than saved
-        rng = _load_tensors(rng_file)
+        rng = load_tensor_file(rng_file)
         torch.set_rng_state(rng["cpu"])
         if "cuda" in rng and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(rng["cuda"])
-    return int(state["step"])
+    return int(state["step"]), state.get("log_window")

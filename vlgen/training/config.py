@@ -69,6 +69,7 @@ class LoggingConfig:
     output_dir: str = "runs/shapes"
     log_every: int = 50  # steps between loss / throughput records
     checkpoint_every: int = 500  # plus one at the end
+    keep_checkpoints: int | None = None  # the newest N checkpoints stay, older ones are removed; None: all
     sample_every: int = 500  # sample-grid PNGs from the EMA model; 0 disables them
     sample_steps: int = 50  # sampler steps for the grid
     sample_guidance_scale: float = 4.0
@@ -157,7 +158,13 @@ def _read_yaml(path, seen=()):
         raise FileNotFoundError(f"config file {path} not found")
     if path.resolve() in seen:
         raise ValueError(f"config file {path} includes itself through 'base'")
-    values = yaml.safe_load(path.read_text()) or {}
+    try:
+        values = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+        raise ValueError(f"config file {path} is not valid YAML{where}: {getattr(error, 'problem', None) or error}; "
+                         "fix the file") from None
     if not isinstance(values, dict):
         raise ValueError(f"config file {path}: expected a mapping of sections, got {type(values).__name__}")
     base = values.pop("base", None)
@@ -171,7 +178,10 @@ def parse_override(text):
     key, sep, raw = text.partition("=")
     if not sep or not key.strip():
         raise ValueError(f"override {text!r} is not of the form section.key=value (e.g. train.lr=2e-4)")
-    nested = yaml.safe_load(raw) if raw.strip() else None
+    try:
+        nested = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        raise ValueError(f"override {text!r}: the value {raw!r} is not valid YAML; quote it") from None
     for part in reversed(key.strip().split(".")):
         nested = {part: nested}
     return nested

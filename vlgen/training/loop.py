@@ -1,24 +1,30 @@
 """The training loop: accelerate (one CPU to many GPUs), EMA, logging, atomic checkpoints, resume."""
-import json
+import shutil
+import signal
+import sys
 import time
+from contextlib import ExitStack
 from pathlib import Path
 
 import torch
 from accelerate import Accelerator
+from accelerate.utils import gather_object
 from tqdm.auto import tqdm
 
+from vlgen.core.optimizer import create_adamw
+from vlgen.core.ownership import owned
+from vlgen.core.signals import GracefulStop, Stopped, stop_agreed
 from vlgen.data.batches import GlobalBatches, ProcessBatches, local_slice, step_generator
 from vlgen.training.build import build_dataset, build_model, build_objective, check_config, data_info
-from vlgen.training.checkpoint import (checkpoint_dir, latest_checkpoint, load_checkpoint, read_checkpoint_config,
-                                       read_data_info, save_checkpoint)
+from vlgen.training.checkpoint import (checkpoint_dir, latest_checkpoint, list_checkpoints, load_checkpoint,
+                                       read_checkpoint_config, read_data_info, save_checkpoint)
 from vlgen.training.config import Config, plain_values, save_config
 from vlgen.training.ema import create_ema, update_ema
-from vlgen.core.optimizer import create_adamw
+from vlgen.training.metrics_log import METRICS_FILE, MetricsLog
 
 # Settings that may differ between a checkpoint and the run resuming it.
 RESUME_MAY_CHANGE = {"train.max_steps", "train.mixed_precision", "model.gradient_checkpointing", "model.compile",
                      "data.num_workers", "data.skip_bad", "logging"}
-METRICS_FILE = "metrics.jsonl"
 
 
 def _flatten(values, prefix=""):
@@ -61,11 +67,37 @@ def _learning_rate_factor(warmup_steps):
     return lambda step: min(1.0, (step + 1) / warmup_steps) if warmup_steps else 1.0
 
 
-def _trim_metrics(path, step):
-    """Drop records after `step` (written by a run that died after its last checkpoint)."""
-    if path.is_file():
-        lines = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
-        path.write_text("".join(line + "\n" for line in lines))
+def _holds_a_run(output):
+    """What of an earlier training run an output directory holds, or None."""
+    newest = latest_checkpoint(output)
+    if newest is not None:
+        return f"checkpoints up to {newest.name}"
+    if (output / METRICS_FILE).is_file() or (output / "config.yaml").is_file():
+        return "a run that stopped before its first checkpoint"
+    return None
+
+
+def _claim_output(accelerator, output, resume, held):
+    """Refuse an output that holds another run (unless resuming) or that another process is using;
+    the main process holds its lock (vlgen.core.ownership) until `held` closes. Every process
+    raises the same error, so none waits for the others."""
+    earlier = _holds_a_run(output) if resume is None else None
+    problem = None
+    if earlier is not None:
+        problem = (f"{output} already holds a training run ({earlier}); continue it with --resume latest, or train "
+                   "into a new directory (--set logging.output_dir=DIR)")
+    elif accelerator.is_main_process:
+        try:
+            stale = held.enter_context(owned(output))
+        except ValueError as error:
+            problem = str(error)
+        else:
+            if stale is not None:
+                print(f"took over {output} from {stale}, which is no longer running", file=sys.stderr)
+    if accelerator.num_processes > 1:
+        problem = next((p for p in gather_object([problem]) if p), None)
+    if problem is not None:
+        raise ValueError(problem)
 
 
 class Run:
@@ -89,20 +121,27 @@ class Run:
         self.model, self.optimizer = accelerator.prepare(model, optimizer)
         self.step = 0
 
-    def save(self):
+    def save(self, window_state=None):
+        """Checkpoint this step (every process calls it); window_state: the open metrics window."""
         cfg = self.config
         save_checkpoint(self.accelerator, checkpoint_dir(cfg.logging.output_dir, self.step), model=self.model,
                         ema=self.ema, optimizer=self.optimizer, scheduler=self.scheduler, step=self.step, config=cfg,
-                        data_info=self.data_info)
+                        data_info=self.data_info, window_state=window_state)
+        keep = cfg.logging.keep_checkpoints
+        if keep is not None and self.accelerator.is_main_process:
+            for old in list_checkpoints(cfg.logging.output_dir)[:-keep]:  # only once the new one is complete
+                shutil.rmtree(old)
 
     def resume(self, directory):
+        """Continue from a checkpoint; returns the metrics window it saved (or None)."""
         _check_resumable(read_checkpoint_config(directory), self.config.to_dict(), directory)
         saved_data = read_data_info(directory)
         if saved_data != self.data_info:
             raise ValueError(f"checkpoint {directory} was trained on other data ({saved_data}) than data.path gives "
                              f"now ({self.data_info})")
-        self.step = load_checkpoint(self.accelerator, directory, model=self.model, ema=self.ema,
-                                    optimizer=self.optimizer, scheduler=self.scheduler)
+        self.step, window_state = load_checkpoint(self.accelerator, directory, model=self.model, ema=self.ema,
+                                                  optimizer=self.optimizer, scheduler=self.scheduler)
+        return window_state
 
     def loader(self):
         cfg, acc = self.config, self.accelerator
@@ -151,20 +190,30 @@ def _first_bad_step(accelerator, first_bad):
 def train(config: Config, *, resume=None, on_sample=None):
     """Train as configured. resume: None, 'latest' or a checkpoint directory. on_sample(run) is
     called on every process every logging.sample_every steps and at the end (sample grids).
+    SIGTERM or SIGINT stops training after the current step with a checkpoint (raises Stopped).
     Returns the Run."""
     log = config.logging
     accelerator = Accelerator(mixed_precision=config.train.mixed_precision, log_with=log.tracker,
                               project_dir=log.output_dir)
-    run = Run(config, accelerator)
     output = Path(log.output_dir)
+    with ExitStack() as held:
+        _claim_output(accelerator, output, resume, held)
+        return _train(config, accelerator, output, resume, on_sample)
+
+
+def _train(config, accelerator, output, resume, on_sample):
+    log = config.logging
+    run = Run(config, accelerator)
     start = resolve_resume(resume, output)
+    window_state = None
     if start is not None:
-        run.resume(start)
-    metrics_path = output / METRICS_FILE
+        window_state = run.resume(start)
+        accelerator.print(f"resumed from step {run.step} ({start})")
     if accelerator.is_main_process:
         output.mkdir(parents=True, exist_ok=True)
         save_config(config, output / "config.yaml")
-        _trim_metrics(metrics_path, run.step)
+    metrics = MetricsLog(output, accelerator.device, write=accelerator.is_main_process)
+    metrics.continue_after(run.step, window_state)
     if log.tracker is not None:
         hparams = {k: v if isinstance(v, (int, float, str, bool)) else str(v)
                    for k, v in _flatten(config.to_dict()).items()}
@@ -172,47 +221,44 @@ def train(config: Config, *, resume=None, on_sample=None):
 
     max_steps = config.train.max_steps
     bar = tqdm(total=max_steps, initial=run.step, desc="train", disable=not accelerator.is_main_process)
-    device = accelerator.device
-    loss_sum, window_steps = torch.zeros((), device=device), 0
-    first_bad = torch.zeros((), dtype=torch.long, device=device)  # 1-based step of the first non-finite loss
-    skipped_total, window_start = 0, time.perf_counter()
-    for batch in run.loader():
-        loss = run.train_step(batch)
-        # Bookkeeping stays on the device: no host sync until a log or checkpoint step.
-        loss_sum += loss
-        first_bad = torch.where((first_bad == 0) & ~torch.isfinite(loss), run.step, first_bad)
-        skipped_total += int(batch["skipped"].sum()) if "skipped" in batch else 0
-        window_steps += 1
-        bar.update(1)
-        at_end = run.step == max_steps
-        logging_now = run.step % log.log_every == 0 or at_end
-        saving_now = run.step % log.checkpoint_every == 0 or at_end
-        if not (logging_now or saving_now):
-            continue
-        bad = _first_bad_step(accelerator, first_bad)
-        if bad is not None:
-            last = latest_checkpoint(output)
-            raise FloatingPointError(f"non-finite loss at step {bad}; training stopped, the last good checkpoint "
-                                     f"is {last or 'none (no checkpoint was written yet)'}")
-        if logging_now:
-            mean_loss = accelerator.reduce(loss_sum, reduction="mean").item() / window_steps
-            elapsed = time.perf_counter() - window_start
-            record = {"step": run.step, "loss": mean_loss, "lr": run.scheduler.get_last_lr()[0],
-                      "images_per_s": window_steps * config.train.global_batch_size / elapsed,
-                      "skipped_images": skipped_total}
-            accelerator.log({k: v for k, v in record.items() if k != "step"}, step=run.step)
-            if accelerator.is_main_process:
-                with metrics_path.open("a") as f:
-                    f.write(json.dumps(record) + "\n")
-            bar.set_postfix(loss=f"{mean_loss:.4f}", img_s=f"{record['images_per_s']:.1f}")
-            loss_sum.zero_()
-            window_steps, window_start = 0, time.perf_counter()
-        paused = time.perf_counter()  # saving and sampling do not count against throughput
-        if saving_now:
-            run.save()
-        if on_sample is not None and log.sample_every and (run.step % log.sample_every == 0 or at_end):
-            on_sample(run)
-        window_start += time.perf_counter() - paused
+    first_bad = torch.zeros((), dtype=torch.long, device=accelerator.device)  # 1-based step of the first NaN loss
+    window_start = time.perf_counter()
+    with GracefulStop("the current step, with a checkpoint") as stop:
+        for batch in run.loader():
+            loss = run.train_step(batch)
+            # Bookkeeping stays on the device: no host sync until a log or checkpoint step.
+            metrics.add(loss, int(batch["skipped"].sum()) if "skipped" in batch else 0)
+            first_bad = torch.where((first_bad == 0) & ~torch.isfinite(loss), run.step, first_bad)
+            bar.update(1)
+            at_end = run.step == max_steps
+            stopping = stop_agreed(accelerator, stop)
+            logging_now = run.step % log.log_every == 0 or at_end
+            saving_now = run.step % log.checkpoint_every == 0 or at_end or stopping
+            if not (logging_now or saving_now):
+                continue
+            bad = _first_bad_step(accelerator, first_bad)
+            if bad is not None:
+                last = latest_checkpoint(output)
+                raise FloatingPointError(f"non-finite loss at step {bad}; training stopped, the last good checkpoint "
+                                         f"is {last or 'none (no checkpoint was written yet)'}")
+            if logging_now:
+                elapsed = time.perf_counter() - window_start
+                images_per_s = metrics.window_steps * config.train.global_batch_size / elapsed
+                record = metrics.close_window(accelerator, run.step, run.scheduler.get_last_lr()[0], images_per_s)
+                accelerator.log({k: v for k, v in record.items() if k != "step"}, step=run.step)
+                bar.set_postfix(loss=f"{record['loss']:.4f}", img_s=f"{images_per_s:.1f}")
+                window_start = time.perf_counter()
+            paused = time.perf_counter()  # saving and sampling do not count against throughput
+            if saving_now:
+                run.save(metrics.window_state(accelerator))
+            if stopping:
+                bar.close()
+                raise Stopped(f"stopped by {stop.name or 'a signal on another process'} after step {run.step}; "
+                              f"checkpoint {checkpoint_dir(output, run.step)}; continue with --resume latest",
+                              stop.signum or signal.SIGTERM)
+            if on_sample is not None and log.sample_every and (run.step % log.sample_every == 0 or at_end):
+                on_sample(run)
+            window_start += time.perf_counter() - paused
     bar.close()
     accelerator.end_training()
     return run

@@ -1,0 +1,79 @@
+"""OUTPUT/metrics.jsonl: one JSON record per logging step, the same lines for a run that was
+interrupted and resumed as for one that was not.
+
+The loss of a record is the mean over the steps since the previous record (a window). A
+checkpoint that falls inside a window saves the window's sum so far (`window_state`), and a
+resumed run starts from it; records after the resumed checkpoint (written by the run that died)
+are dropped. A torn last line (a crash while appending) is dropped with a warning.
+"""
+import json
+import warnings
+from pathlib import Path
+
+import torch
+
+METRICS_FILE = "metrics.jsonl"
+
+
+def read_records(path):
+    """The records of a metrics file; a torn last line is dropped with a warning naming the file,
+    any other unreadable line is an error naming the file and line."""
+    path = Path(path)
+    lines = path.read_text().splitlines() if path.is_file() else []
+    records = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            if number == len(lines):
+                warnings.warn(f"{path}: dropped a torn last line (written when a run died while appending)",
+                              stacklevel=2)
+                continue
+            raise ValueError(f"{path} line {number} is not a JSON record; repair or remove that line") from None
+    return records
+
+
+class MetricsLog:
+    """The metrics file and the open window of a run (kept on the device: no host sync between
+    logging steps)."""
+
+    def __init__(self, output_dir, device, write):
+        self.path = Path(output_dir) / METRICS_FILE
+        self.write = write  # the main process writes
+        self.loss_sum = torch.zeros((), device=device)
+        self.window_steps = 0
+        self.skipped_total = 0
+
+    def continue_after(self, step, window_state=None):
+        """Keep the records up to `step` and restore the window a checkpoint saved there."""
+        if self.write and self.path.is_file():
+            kept = [record for record in read_records(self.path) if record["step"] <= step]
+            self.path.write_text("".join(json.dumps(record) + "\n" for record in kept))
+        if window_state is not None:
+            self.loss_sum.copy_(window_state["loss_sum"])
+            self.window_steps = int(window_state["window_steps"])
+            self.skipped_total = int(window_state["skipped_total"])
+
+    def add(self, loss, skipped):
+        self.loss_sum += loss
+        self.window_steps += 1
+        self.skipped_total += skipped
+
+    def window_state(self, accelerator):
+        """What a checkpoint keeps of the open window (the loss sum averaged over processes)."""
+        return {"loss_sum": accelerator.reduce(self.loss_sum, reduction="mean").cpu(),
+                "window_steps": self.window_steps, "skipped_total": self.skipped_total}
+
+    def close_window(self, accelerator, step, lr, images_per_s):
+        """Append the record of the window ending at `step`; returns it."""
+        mean_loss = accelerator.reduce(self.loss_sum, reduction="mean").item() / self.window_steps
+        record = {"step": step, "loss": mean_loss, "lr": lr, "images_per_s": images_per_s,
+                  "skipped_images": self.skipped_total}
+        if self.write:
+            with self.path.open("a") as file:
+                file.write(json.dumps(record) + "\n")
+        self.loss_sum.zero_()
+        self.window_steps = 0
+        return record

@@ -77,7 +77,7 @@ def test_extract_latents_command(tmp_path):
     assert result.returncode == 2 and "missing does not exist" in result.stderr
 
 
-def test_train_classifier_on_shapes_and_on_anwrite_image_folder(tmp_path):
+def test_train_classifier_on_shapes_and_on_an_image_folder(tmp_path):
 
     from vlgen.tasks import VisionLLaMAClassifier
 
@@ -110,7 +110,6 @@ def test_help_answers_without_importing_torch():
 
 
 def test_the_parsers_choices_are_the_commands_own():
-    from vlgen.commands import cli, demo, sample
+    from vlgen.commands import defaults, demo
 
-    assert cli.DEMO_FRAMEWORKS == sorted(demo.FRAMEWORKS)
-    assert cli.SAMPLE_DTYPES == list(sample.DTYPES)
+    assert set(defaults.DEMO_FRAMEWORKS) == set(demo.FRAMEWORKS)

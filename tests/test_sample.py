@@ -1,10 +1,12 @@
 """`vlgen.sample`: sharded sampling to an ADM-format npz, resume, grids, and its errors."""
 import os
+import shutil
 import subprocess
 import sys
 
 import numpy as np
 import pytest
+import torch
 from accelerate.state import AcceleratorState
 from PIL import Image
 from test_pipelines import tiny_pipeline
@@ -74,12 +76,79 @@ def test_interrupted_run_resumes_and_equals_an_uninterrupted_one(pipeline_dir, t
     assert np.array_equal(whole["arr_0"], resumed["arr_0"]) and np.array_equal(whole["arr_1"], resumed["arr_1"])
 
 
-def test_resuming_with_other_settings_is_refused(pipeline_dir, tmp_path, monkeypatch):
-    monkeypatch.setattr(sample_module, "generate", lambda *args: (_ for _ in ()).throw(Killed()))
-    with pytest.raises(Killed):
-        run(pipeline_dir, *ARGS, "--out", str(tmp_path / "s.npz"))
+def _killed_after_first_batch(monkeypatch, pipeline_dir, out):
+    generate = sample_module.generate
+    calls = []
+
+    def dies_on_the_second_batch(*args):
+        calls.append(1)
+        if len(calls) == 2:
+            raise Killed
+        return generate(*args)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(sample_module, "generate", dies_on_the_second_batch)
+        with pytest.raises(Killed):
+            run(pipeline_dir, *ARGS, "--out", str(out))
     AcceleratorState._reset_state(reset_partial_state=True)
-    assert run(pipeline_dir, *ARGS, "--seed", "1", "--out", str(tmp_path / "s.npz")) == 2
+
+
+def test_resuming_with_other_settings_is_refused_naming_them(pipeline_dir, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "s.npz"
+    _killed_after_first_batch(monkeypatch, pipeline_dir, out)
+    assert run(pipeline_dir, *ARGS, "--seed", "1", "--guidance-scale", "2", "--out", str(out)) == 2
+    err = capsys.readouterr().err
+    assert "other settings (guidance_scale: 1.5 there, 2.0 now; seed: 0 there, 1 now)" in err, err
+
+
+def test_a_changed_pipeline_at_the_same_path_is_refused(pipeline_dir, tmp_path, monkeypatch, capsys):
+    """The parts are keyed by the pipeline's file hashes, not its path: other weights exported to
+    the same directory would mix two models in one npz."""
+    copy = tmp_path / "pipe"
+    shutil.copytree(pipeline_dir, copy)
+    out = tmp_path / "s.npz"
+    _killed_after_first_batch(monkeypatch, copy, out)
+    shutil.rmtree(copy)
+    other = tiny_pipeline("ddpm")
+    with torch.no_grad():
+        for param in other.transformer.parameters():
+            param.add_(0.01)
+    other.save_pretrained(copy)  # other weights, same path
+    assert run(copy, *ARGS, "--out", str(out)) == 2
+    err = capsys.readouterr().err
+    assert "the pipeline's files (transformer/diffusion_pytorch_model.safetensors)" in err, err
+
+
+def test_a_run_that_failed_before_its_first_batch_blocks_nothing(pipeline_dir, tmp_path, capsys):
+    out = tmp_path / "s.npz"
+    assert run(pipeline_dir, *ARGS, "--option", "atoll=1", "--out", str(out)) == 2  # fails in the first batch
+    assert "unknown option" in capsys.readouterr().err
+    assert not (tmp_path / "s.npz.parts").exists()
+    AcceleratorState._reset_state(reset_partial_state=True)
+    assert run(pipeline_dir, *ARGS, "--out", str(out)) == 0
+    assert run(tmp_path / "missing", *ARGS, "--out", str(tmp_path / "t.npz")) == 2  # before anything is made
+    assert not (tmp_path / "t.npz.parts").exists()
+
+
+def test_a_second_run_on_the_same_output_is_refused_while_the_first_runs(pipeline_dir, tmp_path, capsys):
+    from vlgen.core.ownership import owned
+
+    out = tmp_path / "s.npz"
+    with owned(tmp_path / "s.npz.parts", command="vlgen sample (the first run)"):
+        assert run(pipeline_dir, *ARGS, "--out", str(out)) == 2
+    err = capsys.readouterr().err
+    assert "s.npz.parts is in use by process" in err and "vlgen sample (the first run)" in err
+    AcceleratorState._reset_state(reset_partial_state=True)
+    assert run(pipeline_dir, *ARGS, "--out", str(out)) == 0  # released
+
+
+def test_a_damaged_part_is_named_with_the_fix(pipeline_dir, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "s.npz"
+    _killed_after_first_batch(monkeypatch, pipeline_dir, out)
+    part = tmp_path / "s.npz.parts" / "batch-000000.npz"
+    part.write_bytes(part.read_bytes()[:100])  # cut short on disk after it was written
+    assert run(pipeline_dir, *ARGS, "--out", str(out)) == 2
+    assert "batch-000000.npz is damaged; delete it and run the same command again" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("args, message", [

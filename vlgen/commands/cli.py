@@ -4,16 +4,13 @@ import sys
 import warnings
 from contextlib import contextmanager
 
+from vlgen.commands.defaults import DEMO_FRAMEWORKS, GRID_GUIDANCE_SCALE, NPZ_GUIDANCE_SCALE, SAMPLE_DTYPES
+
 
 # Errors that come from the user's input or data: reported in one line, exit status 2.
 USER_ERRORS = (ValueError, OSError, FloatingPointError)
 # `vlgen train-classifier` without --size: learns shapes in a few minutes on 2 CPU cores.
 SMALL_CLASSIFIER = dict(hidden_size=96, depth=3, num_heads=6)
-# Choices and defaults the parsers show; the command modules that use them import torch and more,
-# which a parser (`vlgen --help`) must not wait for. tests/test_cli.py checks they agree.
-DEMO_FRAMEWORKS = ["dit", "sit"]  # vlgen.commands.demo.FRAMEWORKS
-SAMPLE_DTYPES = ["float32", "bfloat16", "float16"]  # vlgen.commands.sample.DTYPES
-NPZ_GUIDANCE_SCALE, GRID_GUIDANCE_SCALE = 1.5, 4.0  # DiT/SiT: 1.5 for the headline FID-50K, 4.0 for visuals
 
 
 @contextmanager

@@ -38,7 +38,7 @@ from vlgen.training.checkpoint import latest_checkpoint
 # times logit-normally (more steps at mid noise, where the shape is decided); DDPM takes the cosine
 # schedule, made for small images (linear leaves many steps at near-pure noise). Both learn
 # markedly faster here than with the reference defaults (README, Quick start).
-FRAMEWORKS = {
+FRAMEWORKS = {  # keys: vlgen.commands.defaults.DEMO_FRAMEWORKS
     "sit": ("SiT-LLaMA-S", dict(kind="flow", time_sampling="logit-normal"),
             dict(sampler="ode", method="euler", num_inference_steps=25)),
     "dit": ("DiT-LLaMA-S", dict(kind="ddpm", noise_schedule="cosine"), dict(sampler="ddim", num_inference_steps=50)),

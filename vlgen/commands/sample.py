@@ -25,13 +25,13 @@ from accelerate.utils import gather_object
 from tqdm.auto import tqdm
 
 from pipelines import labelled_grid, load_pipeline
-from vlgen.commands.cli import GRID_GUIDANCE_SCALE, NPZ_GUIDANCE_SCALE
+from vlgen.commands.defaults import GRID_GUIDANCE_SCALE, NPZ_GUIDANCE_SCALE, SAMPLE_DTYPES
 from vlgen.core.atomic import atomic_path
 from vlgen.core.ownership import owned
 from vlgen.core.signals import GracefulStop, Stopped, stop_agreed
 from vlgen.evaluation.images import to_uint8, write_samples_npz
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DTYPES = {name: getattr(torch, name) for name in SAMPLE_DTYPES}
 
 
 def sample_seed(seed, index):

@@ -151,24 +151,24 @@ def test_a_crash_mid_save_leaves_the_previous_checkpoint_loadable(tmp_path, monk
     monkeypatch.undo()
     AcceleratorState._reset_state(reset_partial_state=True)
     assert [p.name for p in list_checkpoints(tmp_path)] == ["step-0000002"]
-    assert (tmp_path / "checkpoints" / ".step-0000004.tmp").is_dir()  # the half-written save, never listed
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step-0000002"]  # the failed save: gone
+    (tmp_path / "checkpoints" / ".step-0000004.123-abcd.tmp").mkdir()  # what a killed save leaves: never listed
     run = train(tiny_config(tmp_path, "train.max_steps=4", "logging.checkpoint_every=2"), resume="latest")
     assert run.step == 4 and [p.name for p in list_checkpoints(tmp_path)] == ["step-0000002", "step-0000004"]
-    assert not (tmp_path / "checkpoints" / ".step-0000004.tmp").exists()
 
 
 def test_a_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
-    from vlgen.training.build import Objective
+    from vlgen.transport import Transport
 
-    original = Objective.loss
+    original = Transport.training_losses
     calls = {"n": 0}
 
-    def loss(self, *args, **kwargs):
+    def losses(self, *args, **kwargs):
         calls["n"] += 1
-        value = original(self, *args, **kwargs)
-        return value * float("nan") if calls["n"] == 5 else value
+        terms = original(self, *args, **kwargs)
+        return {"loss": terms["loss"] * float("nan")} if calls["n"] == 5 else terms
 
-    monkeypatch.setattr(Objective, "loss", loss)
+    monkeypatch.setattr(Transport, "training_losses", losses)
     with pytest.raises(FloatingPointError, match=r"non-finite loss at step 5; .*step-0000004"):
         train(tiny_config(tmp_path, "train.max_steps=8", "logging.checkpoint_every=2", "logging.log_every=3"))
     assert [p.name for p in list_checkpoints(tmp_path)] == ["step-0000002", "step-0000004"]

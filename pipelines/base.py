@@ -141,6 +141,8 @@ class ClassConditionalPipeline(DiffusionPipeline):
         elif tuple(latents.shape) != shape:
             raise ValueError(f"latents have shape {tuple(latents.shape)}; expected {shape} for {len(labels)} labels "
                              f"at this height and width")
+        elif not torch.isfinite(latents).all():
+            raise ValueError("latents contain NaN or inf: pass finite starting noise")
         else:
             noise = latents.to(device, torch.float32)
         denoise = self._denoiser(guidance_scale, guided_channels, guidance_interval)

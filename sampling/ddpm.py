@@ -34,6 +34,8 @@ def sample_ddpm(denoise, diffusion, noise, *, clip_denoised=False, generator=Non
 def sample_ddim(denoise, diffusion, noise, *, eta=0.0, clip_denoised=False, generator=None, progress=True, **cond):
     """DDIM (Song et al., eq. 12) over the (respaced) process; eta=0 is deterministic, eta=1
     matches DDPM's posterior variance."""
+    if not eta >= 0:
+        raise ValueError(f"DDIM's eta must be >= 0 (0: deterministic, 1: DDPM's posterior variance), got {eta}")
     x = noise
     for i in _steps(diffusion, progress, "DDIM"):
         t, out = _predict(denoise, diffusion, x, i, clip_denoised, cond)

@@ -94,7 +94,7 @@ def _cmd_train_classifier(args):
     from vlgen.data.images import ImageFolderDataset
     from vlgen.data.shapes import ShapesDataset
 
-    check_output_dir(args.out, args.overwrite)
+    check_output_dir(args.out, args.overwrite, marker="metrics.json")
     if args.data == "shapes":
         data, held_out = ShapesDataset(args.image_size, args.num_samples, args.seed), ShapesDataset(
             args.image_size, 1000, args.seed + 1)

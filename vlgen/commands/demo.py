@@ -105,7 +105,7 @@ def prepare_output(args):
             raise ValueError(f"{out} holds an unfinished demo with other settings ({differ}); run the same command "
                              "to resume it, or pass --overwrite to start again")
         return out, True
-    check_output_dir(out, args.overwrite)  # a finished demo or anything else is kept unless --overwrite
+    check_output_dir(out, args.overwrite, marker=SETTINGS_FILE)  # kept unless --overwrite, and only a demo's
     shutil.rmtree(out, ignore_errors=True)  # --overwrite: nothing of an earlier demo is mixed in
     out.mkdir(parents=True)
     with atomic_path(record) as temporary:

@@ -34,7 +34,7 @@ def export_checkpoint(checkpoint, out, overwrite=False):
     if not (checkpoint / "ema").is_dir():
         raise FileNotFoundError(f"{checkpoint} is not a training checkpoint (no ema/ directory); checkpoints are "
                                 f"OUTPUT/checkpoints/step-XXXXXXX")
-    with replaced_dir(out, overwrite) as staging:  # built aside, then moved into place
+    with replaced_dir(out, overwrite, marker="model_index.json") as staging:  # built aside, then moved into place
         config, info = read_checkpoint_config(checkpoint), read_data_info(checkpoint)
         problem = ema_warning(checkpoint_step(checkpoint), config["train"]["ema_decay"])
         if problem is not None:

@@ -187,9 +187,8 @@ def _sample_batches(pipe, parts, args, guidance, accelerator):
     num_classes = pipe.transformer.config.num_classes
     mine = [k for k in range(_batch_count(args)) if k % accelerator.num_processes == accelerator.process_index]
     todo = [k for k in mine if not (parts / f"batch-{k:06d}.npz").is_file()]
-    bar = tqdm(total=len(mine), initial=len(mine) - len(todo), unit="batch", desc="sampling",
-               disable=not accelerator.is_main_process)
-    with GracefulStop("the current batch") as stop:
+    with tqdm(total=len(mine), initial=len(mine) - len(todo), unit="batch", desc="sampling",
+              disable=not accelerator.is_main_process) as bar, GracefulStop("the current batch") as stop:
         for k in todo:
             indices = range(k * args.batch_size, min((k + 1) * args.batch_size, args.num_samples))
             labels = [i % num_classes for i in indices]
@@ -198,12 +197,10 @@ def _sample_batches(pipe, parts, args, guidance, accelerator):
                 np.savez(file, images=images, labels=np.asarray(labels))
             bar.update()
             if stop_agreed(accelerator, stop):
-                bar.close()
                 done = sum(1 for _ in parts.glob("batch-*.npz"))
                 raise Stopped(f"stopped by {stop.name or 'a signal on another process'} with {done} of "
                               f"{_batch_count(args)} batches in {parts}; run the same command to continue",
                               stop.signum or signal.SIGTERM)
-    bar.close()
     accelerator.wait_for_everyone()
 
 

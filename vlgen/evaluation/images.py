@@ -5,6 +5,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 from torch.utils.data import DataLoader
 from torch_fidelity.datasets import ImagesPathDataset
 from torch_fidelity.utils import glob_samples_paths
@@ -34,6 +35,12 @@ class ImageFolder:
         self.lossy = any(Path(f).suffix.lower() in LOSSY_EXTENSIONS for f in self.files)
         self.count = len(self.files)
 
+    @property
+    def image_size(self):
+        """(H, W) of the first image (a folder's images need not share one size)."""
+        with Image.open(self.files[0]) as image:
+            return image.height, image.width
+
     def batches(self, batch_size, num_workers=0):
         yield from DataLoader(ImagesPathDataset(self.files), batch_size=batch_size, num_workers=num_workers)
 
@@ -48,13 +55,23 @@ class NpzImages:
         self.path, self.key = Path(path), key
         if not self.path.is_file():
             raise FileNotFoundError(f"npz file {self.path} does not exist")
-        with zipfile.ZipFile(self.path) as archive, archive.open(f"{key}.npy") as member:
-            self.shape, dtype, self.offset = _read_npy_header(member, self.path, key)
+        try:
+            with zipfile.ZipFile(self.path) as archive:
+                names = [name.removesuffix(".npy") for name in archive.namelist()]
+                if key not in names:
+                    raise ValueError(f"{self.path} holds no {key} (it holds {', '.join(names) or 'nothing'}): "
+                                     f"ADM-format samples keep the uint8 NHWC images in {key}")
+                with archive.open(f"{key}.npy") as member:
+                    self.shape, dtype, self.offset = _read_npy_header(member, self.path, key)
+        except zipfile.BadZipFile:
+            raise ValueError(f"{self.path} is not an npz file (a zip of .npy arrays, as np.savez or `vlgen sample` "
+                             "writes)") from None
         if dtype != np.uint8:
             raise ValueError(f"{self.path}: {key} has dtype {dtype}; ADM-format samples are uint8 (clamp(127.5x+128))")
         if len(self.shape) != 4 or self.shape[-1] != 3:
             raise ValueError(f"{self.path}: {key} has shape {self.shape}; expected (N, H, W, 3) images in NHWC order")
         self.count = self.shape[0]
+        self.image_size = tuple(self.shape[1:3])
 
     def batches(self, batch_size, num_workers=0):
         image_bytes = int(np.prod(self.shape[1:]))
@@ -88,6 +105,7 @@ class TensorImages:
     def __init__(self, images):
         self.images = images
         self.count = images.shape[0] if torch.is_tensor(images) else None  # an iterable's length is unknown
+        self.image_size = tuple(images.shape[-2:]) if torch.is_tensor(images) else None
 
     def batches(self, batch_size, num_workers=0):
         if torch.is_tensor(self.images):

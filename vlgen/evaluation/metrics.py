@@ -1,6 +1,7 @@
 """FID-50K and companions under the ADM protocol: FID and sFID (our float64 Frechet distance, so
 precomputed reference statistics work), IS, KID and precision/recall (torch-fidelity's functions)."""
 import warnings
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -37,6 +38,26 @@ def check_features(features, what):
                       stacklevel=3)
 
 
+def _warn_if_sizes_differ(generated, reference):
+    """Inception resizes every image to 299 px, so sets of different sizes differ in blur, which FID
+    counts as a difference in quality."""
+    reference_size = None
+    if isinstance(reference, (str, Path)) and (Path(reference).is_dir() or _holds_images(reference)):
+        reference_size = open_images(reference).image_size
+    if None not in (generated.image_size, reference_size) and generated.image_size != reference_size:
+        (gh, gw), (rh, rw) = generated.image_size, reference_size
+        warnings.warn(f"generated images are {gh}x{gw} and reference images {rh}x{rw}: FID across sizes measures "
+                      "the resizing as much as the images; compare sets of one size", stacklevel=3)
+
+
+def _holds_images(path):
+    path = Path(path)
+    if path.suffix != ".npz" or not path.is_file():
+        return False
+    with np.load(path) as data:
+        return "arr_0" in data.files
+
+
 def parse_metrics(metrics):
     """"fid,isc" or an iterable -> a tuple of known metric names."""
     names = tuple(name.strip().lower() for name in (metrics.split(",") if isinstance(metrics, str) else metrics))
@@ -64,6 +85,11 @@ def evaluate(generated, reference=None, metrics=("fid",), *, batch_size=50, devi
     extractor = extractor or InceptionFeatures(device, inception_weights)
     options = dict(batch_size=batch_size, num_workers=num_workers, progress=progress)
     source = open_images(generated)
+    if compared:  # the reference is read (and checked) before the long extraction of the generated set
+        cache = default_cache_dir() if cache_dir == "default" else cache_dir
+        ref = load_reference(reference, extractor, need_features="kid" in metrics or "prc" in metrics,
+                             cache_dir=cache, **options)
+        _warn_if_sizes_differ(source, reference)
     features = extractor.extract(source, desc="generated features", **options)
     count = len(features["pool"])
     check_features(features, "generated")
@@ -77,10 +103,6 @@ def evaluate(generated, reference=None, metrics=("fid",), *, batch_size=50, devi
                       stacklevel=2)
 
     results = {"num_images": count}
-    if compared:
-        cache = default_cache_dir() if cache_dir == "default" else cache_dir
-        ref = load_reference(reference, extractor, need_features="kid" in metrics or "prc" in metrics,
-                             cache_dir=cache, **options)
     if "fid" in metrics:
         results["fid"] = frechet_distance(*feature_statistics(features["pool"]), ref["mu"], ref["sigma"])
     if "sfid" in metrics:

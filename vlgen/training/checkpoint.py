@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 from accelerate.utils import gather_object
+from safetensors import SafetensorError
 from safetensors.torch import load_model, save_model
 
 from vlgen.core.atomic import atomic_path
@@ -106,8 +107,12 @@ def load_checkpoint(accelerator, directory, *, model, ema, optimizer, scheduler)
     for name in ("model.safetensors", "optimizer.pt", "state.pt", "ema"):
         if not (directory / name).exists():
             raise FileNotFoundError(f"{directory} is not a complete training checkpoint (no {name})")
-    load_model(accelerator.unwrap_model(model), str(directory / "model.safetensors"),
-               device=safetensors_device(accelerator.device))
+    try:
+        load_model(accelerator.unwrap_model(model), str(directory / "model.safetensors"),
+                   device=safetensors_device(accelerator.device))
+    except SafetensorError:
+        raise ValueError(f"{directory / 'model.safetensors'} is damaged (truncated or corrupt); resume from an "
+                         f"earlier checkpoint (--resume {directory.parent}/step-...) or delete {directory}") from None
     ema_weights = type(ema).from_pretrained(directory / "ema").state_dict()
     ema.load_state_dict(ema_weights)
     optimizer.load_state_dict(load_tensor_file(directory / "optimizer.pt"))

@@ -220,10 +220,10 @@ def _train(config, accelerator, output, resume, on_sample):
         accelerator.init_trackers("train", config=hparams)
 
     max_steps = config.train.max_steps
-    bar = tqdm(total=max_steps, initial=run.step, desc="train", disable=not accelerator.is_main_process)
     first_bad = torch.zeros((), dtype=torch.long, device=accelerator.device)  # 1-based step of the first NaN loss
     window_start = time.perf_counter()
-    with GracefulStop("the current step, with a checkpoint") as stop:
+    bar = tqdm(total=max_steps, initial=run.step, desc="train", disable=not accelerator.is_main_process)
+    with bar, GracefulStop("the current step, with a checkpoint") as stop:
         for batch in run.loader():
             loss = run.train_step(batch)
             # Bookkeeping stays on the device: no host sync until a log or checkpoint step.
@@ -252,13 +252,11 @@ def _train(config, accelerator, output, resume, on_sample):
             if saving_now:
                 run.save(metrics.window_state(accelerator))
             if stopping:
-                bar.close()
                 raise Stopped(f"stopped by {stop.name or 'a signal on another process'} after step {run.step}; "
                               f"checkpoint {checkpoint_dir(output, run.step)}; continue with --resume latest",
                               stop.signum or signal.SIGTERM)
             if on_sample is not None and log.sample_every and (run.step % log.sample_every == 0 or at_end):
                 on_sample(run)
             window_start += time.perf_counter() - paused
-    bar.close()
     accelerator.end_training()
     return run

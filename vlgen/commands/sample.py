@@ -68,7 +68,8 @@ def _check_args(args):
         if value < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be a positive integer, got {value}")
     target = Path(args.out or args.grid)
-    if target.exists() and not args.overwrite:
+    finishing = args.out is not None and _parts_dir(target).is_dir()  # a run that died while cleaning up
+    if target.exists() and not args.overwrite and not finishing:
         raise FileExistsError(f"{target} exists; choose another path or pass --overwrite to replace it")
     if args.out is not None and target.suffix != ".npz":
         raise ValueError(f"--out {target} must end in .npz (ADM format)")
@@ -158,7 +159,7 @@ def sample_npz(args, accelerator):
     SIGTERM or SIGINT stops after the current batch (raises Stopped); the same command resumes."""
     guidance = NPZ_GUIDANCE_SCALE if args.guidance_scale is None else args.guidance_scale
     out = Path(args.out)
-    parts = out.with_name(out.name + ".parts")
+    parts = _parts_dir(out)
     pipe = _open_pipeline(args, accelerator.device)  # a missing or bad pipeline fails before OUT.parts/ exists
     with ExitStack() as held:
         _claim_parts(parts, _run_description(args, guidance), accelerator, held)
@@ -176,6 +177,11 @@ def sample_npz(args, accelerator):
             shutil.rmtree(parts)
     accelerator.wait_for_everyone()
     return f"{out}: {args.num_samples} images from {accelerator.num_processes} process(es)"
+
+
+def _parts_dir(out):
+    """Where the finished batches of an npz run wait: OUT.parts/ beside OUT."""
+    return out.with_name(out.name + ".parts")
 
 
 def _batch_count(args):

@@ -4,6 +4,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from conftest import tiny_vae, write_image_folder
 
 VLGEN = str(Path(sys.executable).parent / "vlgen")
@@ -13,6 +14,7 @@ def run(*args):
     return subprocess.run([VLGEN, *args], capture_output=True, text=True)
 
 
+@pytest.mark.slow
 def test_models_lists_every_name_with_its_count():
     result = run("models")
     assert result.returncode == 0, result.stderr
@@ -22,6 +24,7 @@ def test_models_lists_every_name_with_its_count():
     assert lines["DiT-XL/2"] == f"{675_129_632 - 256 * 1152:,}"
 
 
+@pytest.mark.slow
 def test_unknown_model_is_a_clear_error():
     result = run("train", "--set", "model.name=DiT-LLaMA-XXL/2")
     assert result.returncode == 2
@@ -34,6 +37,7 @@ TINY_RUN = ["--set", "model.hidden_size=32", "--set", "model.depth=1", "--set", 
             "--set", "logging.tracker=null"]
 
 
+@pytest.mark.slow
 def test_train_then_export(tmp_path):
     result = run("train", *TINY_RUN, "--set", f"logging.output_dir={tmp_path / 'run'}")
     assert result.returncode == 0, result.stderr
@@ -55,6 +59,7 @@ def test_train_then_export(tmp_path):
     assert "3 images from 1 process" in result.stdout and (tmp_path / "s.npz").is_file()
 
 
+@pytest.mark.slow
 def test_train_config_errors_exit_2_naming_the_key(tmp_path):
     result = run("train", "--set", "train.lrr=1")
     assert result.returncode == 2 and "unknown config key train.lrr" in result.stderr
@@ -63,6 +68,7 @@ def test_train_config_errors_exit_2_naming_the_key(tmp_path):
     assert result.returncode == 2 and "none.yaml not found" in result.stderr
 
 
+@pytest.mark.slow
 def test_extract_latents_command(tmp_path):
 
     tiny_vae(tmp_path / "vae")
@@ -77,6 +83,7 @@ def test_extract_latents_command(tmp_path):
     assert result.returncode == 2 and "missing does not exist" in result.stderr
 
 
+@pytest.mark.slow
 def test_train_classifier_on_shapes_and_on_an_image_folder(tmp_path):
 
     from vlgen.tasks import VisionLLaMAClassifier

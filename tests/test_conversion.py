@@ -126,6 +126,7 @@ def test_untrusted_pickles_are_refused(tmp_path):
     assert "weights_only=False" not in str(refused.value)
 
 
+@pytest.mark.slow
 def test_convert_command_writes_a_pretrained_directory(tmp_path):
     reference = reference_state_dict(llama=True)
     checkpoint = tmp_path / "SiT-LLaMA.pt"

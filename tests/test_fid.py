@@ -62,6 +62,7 @@ def folders(tmp_path_factory):
     return write_folder(root / "first", first), write_folder(root / "second", second), first
 
 
+@pytest.mark.slow
 def test_metrics_equal_torch_fidelity_on_the_same_folders(folders, weights, extractor):
     first, second, _ = folders
     ours = evaluate(first, second, "fid,isc,kid", extractor=extractor, cache_dir=None, kid_subset_size=10, progress=False)
@@ -74,6 +75,7 @@ def test_metrics_equal_torch_fidelity_on_the_same_folders(folders, weights, extr
     assert ours["kid"] == pytest.approx(theirs["kernel_inception_distance_mean"], rel=1e-9)
 
 
+@pytest.mark.slow
 def test_folder_npz_and_memory_routes_give_identical_features(folders, tmp_path, extractor):
     folder, _, images = folders
     np.savez(tmp_path / "samples.npz", arr_0=images, arr_1=np.arange(len(images)))
@@ -108,6 +110,7 @@ def test_spatial_features_are_the_first_seven_mixed_6_conv_channels_in_nhwc(extr
     assert features["spatial"].shape == (2, 2023) and torch.equal(features["spatial"], expected)
 
 
+@pytest.mark.slow
 def test_adm_reference_batch_statistics_and_images(folders, tmp_path, extractor):
     folder, second, images = folders
     reference = load_reference(second, extractor, need_features=True, cache_dir=None, progress=False)
@@ -128,6 +131,7 @@ def test_adm_reference_batch_statistics_and_images(folders, tmp_path, extractor)
         evaluate(folder, plain, "sfid", extractor=extractor, progress=False)
 
 
+@pytest.mark.slow
 def test_reference_statistics_are_cached_by_source(folders, tmp_path, extractor):
     _, second, _ = folders
     first = load_reference(second, extractor, cache_dir=tmp_path, progress=False)
@@ -182,6 +186,7 @@ def test_nan_features_are_a_clear_error(folders, extractor):
             evaluate(folder, second, extractor=extractor, cache_dir=None, progress=False)
 
 
+@pytest.mark.slow
 def test_small_sets_and_jpeg_inputs_warn(tmp_path, folders, extractor):
     _, second, images = folders
     for index, image in enumerate(images[:3]):
@@ -190,6 +195,7 @@ def test_small_sets_and_jpeg_inputs_warn(tmp_path, folders, extractor):
         evaluate(tmp_path, second, extractor=extractor, cache_dir=None, progress=False)
 
 
+@pytest.mark.slow
 def test_an_uncalibrated_random_network_is_refused_not_scored_near_zero(tmp_path, folders):
     """Random weights without BatchNorm statistics give features near 1e-8: FID ~ 1e-15 for any two
     sets. Such features are refused; the same images pass with the calibrated random network."""
@@ -199,6 +205,7 @@ def test_an_uncalibrated_random_network_is_refused_not_scored_near_zero(tmp_path
         evaluate(first, second, extractor=uncalibrated, cache_dir=None, progress=False)
 
 
+@pytest.mark.slow
 def test_one_image_repeated_draws_a_warning(tmp_path, folders, extractor):
     _, second, images = folders
     write_folder(tmp_path / "same", [images[0]] * 4)
@@ -229,6 +236,7 @@ def test_weights_from_the_environment_and_unsafe_files_refused(tmp_path, monkeyp
         InceptionFeatures("cpu")
 
 
+@pytest.mark.slow
 def test_cli_prints_a_json_line_and_a_table(folders, weights, capsys):
     folder, second, _ = folders
     code = main(["fid", str(folder), str(second), "--metrics", "fid,isc", "--inception-weights", str(weights),

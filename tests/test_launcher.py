@@ -27,6 +27,7 @@ def test_a_launch_with_fewer_processes_than_asked_warns_with_the_working_command
     assert launcher_warning(["python", "-m", "vlgen", "train"], world_size=1) is None
 
 
+@pytest.mark.slow
 def test_the_command_warns_under_such_a_launcher():
     """The parent of `vlgen` is a process whose command line asks accelerate for 2 processes."""
     parent = ("import subprocess, sys; sys.exit(subprocess.run([sys.executable, '-m', 'vlgen', 'models'], "

@@ -24,7 +24,8 @@ def prior_noise(n=4000, seed=0):
 
 @pytest.mark.parametrize(
     "sampler, spacing, variance",
-    [("ddpm", "1000", dict(sigma_small=True)), ("ddpm", "250", dict(sigma_small=False)), ("ddim", "250", {})],
+    [pytest.param("ddpm", "1000", dict(sigma_small=True), marks=pytest.mark.slow), ("ddpm", "250", dict(sigma_small=False)),
+     ("ddim", "250", {})],
 )
 def test_oracle_denoiser_reproduces_the_data_distribution(sampler, spacing, variance):
     diffusion = create_diffusion(spacing, learn_sigma=False, **variance)
@@ -122,6 +123,7 @@ def test_nan_model_output_names_the_step(sampler):
         sampler(broken, create_diffusion("10"), torch.randn(2, 4, 4, 4), progress=False)
 
 
+@pytest.mark.slow
 def test_tiny_model_learns_a_toy_dataset_with_the_hybrid_loss():
     """Two classes of fixed 4x8x8 patterns; 300 AdamW steps cut the hybrid loss by >= 10x (measured 28x)."""
     torch.manual_seed(0)

@@ -59,7 +59,7 @@ def test_reverse_ode_inverts_the_forward_ode():
 
 
 @pytest.mark.parametrize("path", list(PATHS))
-@pytest.mark.parametrize("method", ["euler", "heun"])
+@pytest.mark.parametrize("method", ["euler", pytest.param("heun", marks=pytest.mark.slow)])
 @pytest.mark.parametrize("diffusion_form", ["sigma", "SBDM"])
 def test_sde_without_last_step_reaches_the_marginal_at_its_end_time(path, method, diffusion_form):
     transport = Transport(path, sample_eps=1e-3)

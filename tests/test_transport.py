@@ -174,6 +174,7 @@ def test_learned_sigma_model_output_is_rejected():
         Transport().training_losses(model, torch.randn(2, 4, 16, 16), y=torch.tensor([0, 1]))
 
 
+@pytest.mark.slow
 def test_tiny_model_learns_two_patterns_and_samples_them():
     """Two classes of fixed 4x8x8 patterns, velocity on the Linear path: 300 AdamW steps cut the
     loss by >= 5x (measured 11.5x); 20 Euler steps then draw each class's pattern (MSE measured

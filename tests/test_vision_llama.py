@@ -165,6 +165,7 @@ def test_reference_checkpoint_loads_and_matches_the_reference_forward(tmp_path):
         from_reference_classifier({"pos_embed": torch.zeros(1)})
 
 
+@pytest.mark.slow
 def test_train_classifier_fits_its_data_and_checks_classes():
     from accelerate.state import AcceleratorState
 

@@ -12,6 +12,7 @@ Rows (each timed configuration runs in its own subprocess, so its peak memory is
 - sample: DDIM of DiT-LLaMA-S/2 without and with classifier-free guidance (fp32), and with
   guidance in bf16 weights (as a pipeline with torch_dtype=torch.bfloat16 runs it).
 - fid: Inception feature extraction (pool, logits and sFID features) of in-memory 256x256 images.
+- help: `vlgen --help` in a new process (it imports no torch).
 - memory: activation memory saved for backward by DiT-LLaMA-XL/2 at batch 32 (256 px, 32x32
   latents) with and without gradient checkpointing, counted exactly on the meta device (shapes
   only; no compute, any machine).
@@ -23,7 +24,7 @@ import sys
 
 import torch
 
-from measure import measure_training, peak_memory_mib, random_weight_model, time_calls
+from measure import measure_training, peak_memory_mib, random_weight_model, seconds, time_calls
 from vlgen.commands.allocator import keep_freed_memory
 
 TARGETS = (  # (description, value key, limit, "min" or "max")
@@ -117,12 +118,20 @@ def measure_checkpointing_memory(model_name="DiT-LLaMA-XL/2", batch_size=32):
     return {"plain_mib": results["plain"], "checkpointing_mib": results["checkpointing"] + results["plain"] / depth}
 
 
+def measure_help(repeats=3):
+    """`vlgen --help` as a user waits for it: a new process, best of `repeats`."""
+    times = [seconds(lambda: subprocess.run([sys.executable, "-m", "vlgen", "--help"], check=True,
+                                            capture_output=True), "cpu") for _ in range(repeats)]
+    return {"seconds": min(times)}
+
+
 MEASUREMENTS = {
     "matmul": lambda a: measure_matmul(a.device, a.dtype),
     "train": lambda a: measure_training(a.model, a.device, a.precision, a.batch_size),
     "sample": lambda a: measure_sampling(a.device, a.guidance, a.precision, a.batch_size, a.sample_steps),
     "fid": lambda a: measure_fid(a.device),
     "memory": lambda a: measure_checkpointing_memory(),
+    "help": lambda a: measure_help(),
 }
 
 
@@ -182,6 +191,8 @@ def main():
     values["checkpointing_ratio"] = memory["checkpointing_mib"] / memory["plain_mib"]
     rows.append(("activations XL/2 batch 32", "", "", f"{memory['plain_mib']:.0f} MiB plain, "
                  f"{memory['checkpointing_mib']:.0f} MiB checkpointed", ""))
+    cli_help = run_child(common, "help")
+    rows.append(("vlgen --help (new process)", f"{cli_help['seconds']:.2f} s", "", "", ""))
 
     print(f"device {args.device}, {torch.get_num_threads()} threads, batch {args.batch_size}, latents 4x32x32")
     header = ("measurement", "time", "throughput", "rate", "peak MiB")

@@ -25,7 +25,7 @@ from safetensors.torch import load_file
 
 TRAIN = ["--set", "model.hidden_size=32", "--set", "model.depth=2", "--set", "model.num_heads=2",
          "--set", "data.resolution=16", "--set", "data.num_samples=512", "--set", "data.num_workers=0",
-         "--set", "train.global_batch_size=8", "--set", "train.max_steps=300", "--set", "logging.log_every=10",
+         "--set", "train.global_batch_size=8", "--set", "train.max_steps=1500", "--set", "logging.log_every=10",
          "--set", "logging.checkpoint_every=25", "--set", "logging.sample_every=0", "--set", "logging.tracker=null"]
 SAMPLE = ["--num-samples", "960", "--batch-size", "4", "--num-inference-steps", "16", "--option", "method=euler"]
 VLGEN = [sys.executable, "-m", "vlgen"]
@@ -39,8 +39,8 @@ def run(command, log):
 
 def run_interrupted(command, interruptions, window, rng, log, done):
     """Start `command` until it exits 0 or done() (a kill can land after the work is complete),
-    interrupting the first `interruptions` starts at a random moment within `window` seconds;
-    returns the signals sent."""
+    interrupting the first `interruptions` starts at a random moment within `window` seconds,
+    alternately with SIGKILL and SIGTERM; returns the signals sent."""
     sent = []
     while not done():
         with open(log, "a") as output:
@@ -49,7 +49,7 @@ def run_interrupted(command, interruptions, window, rng, log, done):
                 try:
                     process.wait(timeout=rng.uniform(*window))
                 except subprocess.TimeoutExpired:
-                    signum = rng.choice([signal.SIGKILL, signal.SIGTERM])
+                    signum = (signal.SIGKILL, signal.SIGTERM)[len(sent) % 2]  # alternately crash and preempt
                     os.killpg(process.pid, signum)
                     process.wait()
                     sent.append(signal.Signals(signum).name)
@@ -91,11 +91,11 @@ def main():
         train = [*VLGEN, "train", *TRAIN]
         code, straight_s = timed(lambda: run([*train, "--set", f"logging.output_dir={root / 'straight'}"], log))
         assert code == 0, log.read_text()[-3000:]
-        window = (2.0, straight_s)  # from the imports to the end of a whole run
+        window = (2.0, 0.5 * straight_s)  # from the imports to half a whole run
         sent, interrupted_s = timed(lambda: run_interrupted(
             [*train, "--set", f"logging.output_dir={root / 'killed'}", "--resume", "latest"],
             args.interruptions, window, rng, log, done=lambda: False))
-        final = "checkpoints/step-0000300"
+        final = "checkpoints/step-0001500"
         train_ok = (same_weights(root / "straight" / final, root / "killed" / final)
                     and metrics_lines(root / "straight") == metrics_lines(root / "killed"))
         print(f"training: {len(sent)} interruptions ({sent.count('SIGKILL')} SIGKILL, {sent.count('SIGTERM')} "

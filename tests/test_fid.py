@@ -178,6 +178,34 @@ def test_bad_inputs_are_clear_errors(tmp_path, extractor):
         evaluate(tmp_path / "two.npz", metrics="fid", extractor=extractor, progress=False)
 
 
+def test_the_reference_is_checked_before_the_generated_set_is_read(tmp_path, folders):
+    """At 50K images the generated features take minutes: a bad reference must fail first."""
+    first, _, _ = folders
+
+    class Recorder:
+        weights_id = "none"
+        calls = 0
+
+        def extract(self, *args, **kwargs):
+            Recorder.calls += 1
+            raise AssertionError("extracted before the reference was checked")
+
+    with pytest.raises(FileNotFoundError, match="reference file .*ref.npz does not exist"):
+        evaluate(first, tmp_path / "ref.npz", extractor=Recorder(), progress=False)
+    np.savez(tmp_path / "neither.npz", something=np.zeros(3))
+    with pytest.raises(ValueError, match="holds neither statistics"):
+        evaluate(first, tmp_path / "neither.npz", extractor=Recorder(), progress=False)
+    assert Recorder.calls == 0
+
+
+def test_sets_of_different_image_sizes_draw_a_warning(tmp_path, extractor):
+    rng = np.random.default_rng(3)
+    np.savez(tmp_path / "small.npz", arr_0=rng.integers(0, 256, (4, 16, 16, 3), dtype=np.uint8))
+    np.savez(tmp_path / "large.npz", arr_0=rng.integers(0, 256, (4, 32, 32, 3), dtype=np.uint8))
+    with pytest.warns(UserWarning, match="generated images are 16x16 and reference images 32x32"):
+        evaluate(tmp_path / "small.npz", tmp_path / "large.npz", extractor=extractor, cache_dir=None, progress=False)
+
+
 def test_nan_features_are_a_clear_error(folders, extractor):
     folder, second, _ = folders
     nan = {"pool": np.full((3, 2048), np.nan, dtype=np.float32)}

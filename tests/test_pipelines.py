@@ -125,6 +125,8 @@ def test_bad_call_arguments_are_clear_errors():
         pipe([0], height=15)
     with pytest.raises(ValueError, match="latents have shape"):
         pipe([0, 1], latents=torch.zeros(1, 3, 16, 16))
+    with pytest.raises(ValueError, match="latents contain NaN or inf"):
+        pipe([0], latents=torch.full((1, 3, 16, 16), float("nan")))
     with pytest.raises(ValueError, match="unknown output_type"):
         pipe([0], output_type="jpeg")
     with pytest.raises(ValueError, match="guidance_scale must be a finite number >= 0"):

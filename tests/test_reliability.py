@@ -76,7 +76,7 @@ CASES = {
     "resume from a missing checkpoint": (in_root("train", *TINY, *RUN, "--resume", "{root}/nowhere"),
                                          "resume checkpoint {root}/nowhere does not exist"),
     "resume with another config": (in_root("train", *TINY, *RUN, "--set", "train.lr=0.5", "--resume", "latest"),
-                                   "trained with another config (train.lr: 0.0003 there, 0.5 here)"),
+                                   "trained with another config (train.lr: 0.0003 there, 0.5 now)"),
     "resume from a truncated model.safetensors": (in_root("train", *TINY, *DAMAGED, "--resume", "latest"),
                                                   "model.safetensors is damaged (truncated or corrupt)"),
     "image data without a path": (in_root("train", "--set", "data.kind=images"), "data.kind=images needs data.path"),

@@ -125,10 +125,10 @@ def test_resume_latest_without_checkpoints_starts_fresh_and_other_configs_are_re
     run = train(tiny_config(tmp_path, "train.max_steps=2"), resume="latest")
     assert run.step == 2
     AcceleratorState._reset_state(reset_partial_state=True)
-    with pytest.raises(ValueError, match=r"trained with another config \(train.lr: 0.001 there, 0.002 here\)"):
+    with pytest.raises(ValueError, match=r"trained with another config \(train.lr: 0.001 there, 0.002 now\)"):
         train(tiny_config(tmp_path, "train.max_steps=4", "train.lr=2e-3"), resume="latest")
     AcceleratorState._reset_state(reset_partial_state=True)
-    with pytest.raises(ValueError, match=r"another config \(data.resolution: 16 there, 32 here\)"):
+    with pytest.raises(ValueError, match=r"another config \(data.resolution: 16 there, 32 now\)"):
         train(tiny_config(tmp_path, "train.max_steps=4", "data.resolution=32"), resume="latest")
     AcceleratorState._reset_state(reset_partial_state=True)
     with pytest.raises(FileNotFoundError, match="resume checkpoint .*nowhere does not exist"):

@@ -25,6 +25,7 @@ import torch
 from pipelines import labelled_grid, load_pipeline
 from vlgen.commands.export import export_checkpoint
 from vlgen.core.atomic import atomic_path
+from vlgen.core.differences import describe_differences
 from vlgen.core.output_dir import check_output_dir, save_pretrained_with_metrics
 from vlgen.data.shapes import ShapesDataset
 from vlgen.evaluation.generation_metrics import generation_metrics
@@ -99,9 +100,8 @@ def prepare_output(args):
     record = out / SETTINGS_FILE
     if not args.overwrite and record.is_file() and not (out / "metrics.json").is_file():
         saved = json.loads(record.read_text())
-        if saved != settings:
-            differ = "; ".join(f"{key}: {saved.get(key)!r} there, {settings.get(key)!r} now"
-                               for key in sorted(set(saved) | set(settings)) if saved.get(key) != settings.get(key))
+        differ = describe_differences(saved, settings)
+        if differ:
             raise ValueError(f"{out} holds an unfinished demo with other settings ({differ}); run the same command "
                              "to resume it, or pass --overwrite to start again")
         return out, True

@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 from pipelines import labelled_grid, load_pipeline
 from vlgen.commands.defaults import GRID_GUIDANCE_SCALE, NPZ_GUIDANCE_SCALE, SAMPLE_DTYPES
 from vlgen.core.atomic import atomic_path
+from vlgen.core.differences import describe_differences
 from vlgen.core.ownership import owned
 from vlgen.core.signals import GracefulStop, Stopped, stop_agreed
 from vlgen.evaluation.images import to_uint8, write_samples_npz
@@ -104,20 +105,13 @@ def _run_description(args, guidance_scale):
             "resolution": args.resolution, "dtype": args.dtype}
 
 
-def _differences(saved, current):
-    """What differs between two run descriptions, in words."""
-    words = []
-    for key in sorted(set(saved) | set(current)):
-        before, now = saved.get(key), current.get(key)
-        if before == now:
-            continue
-        if key == "pipeline_files":
-            before, now = before or {}, now or {}
-            changed = sorted(name for name in set(before) | set(now) if before.get(name) != now.get(name))
-            words.append(f"the pipeline's files ({', '.join(changed[:4])}{' ...' if len(changed) > 4 else ''})")
-        else:
-            words.append(f"{key}: {before!r} there, {now!r} now")
-    return "; ".join(words)
+def _changed_files(key, before, now):
+    """The pipeline files whose hashes differ, worded for describe_differences."""
+    if key != "pipeline_files":
+        return None
+    before, now = before or {}, now or {}
+    changed = sorted(name for name in set(before) | set(now) if before.get(name) != now.get(name))
+    return f"the pipeline's files ({', '.join(changed[:4])}{' ...' if len(changed) > 4 else ''})"
 
 
 def _claim_parts(parts, description, accelerator, held):
@@ -131,7 +125,7 @@ def _claim_parts(parts, description, accelerator, held):
             problem = str(error)
     run_file = parts / "run.json"
     if problem is None and run_file.is_file() and any(parts.glob("batch-*.npz")):
-        differ = _differences(json.loads(run_file.read_text()), description)
+        differ = describe_differences(json.loads(run_file.read_text()), description, describe=_changed_files)
         if differ:
             problem = (f"{parts} holds batches of a run with other settings ({differ}); run with the same "
                        f"arguments and pipeline to resume it, or delete {parts} to start over")

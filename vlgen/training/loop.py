@@ -11,6 +11,7 @@ from accelerate import Accelerator
 from accelerate.utils import gather_object
 from tqdm.auto import tqdm
 
+from vlgen.core.differences import describe_differences
 from vlgen.core.optimizer import create_adamw
 from vlgen.core.ownership import owned
 from vlgen.core.signals import GracefulStop, Stopped, stop_agreed
@@ -42,11 +43,9 @@ def _check_resumable(saved, current, directory):
     def frozen(key):
         return key not in RESUME_MAY_CHANGE and key.split(".")[0] not in RESUME_MAY_CHANGE
 
-    saved, current = _flatten(saved), _flatten(current)
-    differ = [key for key in sorted(set(saved) | set(current))
-              if frozen(key) and plain_values(saved.get(key)) != plain_values(current.get(key))]
-    if differ:
-        details = "; ".join(f"{key}: {saved.get(key)!r} there, {current.get(key)!r} here" for key in differ)
+    saved, current = plain_values(_flatten(saved)), plain_values(_flatten(current))
+    details = describe_differences(saved, current, keys=[key for key in set(saved) | set(current) if frozen(key)])
+    if details:
         raise ValueError(f"checkpoint {directory} was trained with another config ({details}); resume it with "
                          f"its own config (its config.yaml) or start a new logging.output_dir")
 

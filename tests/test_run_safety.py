@@ -103,6 +103,22 @@ def test_a_second_signal_stops_at_once(tmp_path, monkeypatch):
     assert not list_checkpoints(tmp_path)
 
 
+def test_ctrl_c_during_a_checkpoint_save_leaves_no_temporary_behind(tmp_path, monkeypatch):
+    from vlgen.training import checkpoint as checkpoint_module
+
+    real_save = checkpoint_module.torch.save
+
+    def interrupted_save(obj, path, *args, **kwargs):
+        if "optimizer" in str(path):
+            raise KeyboardInterrupt  # Ctrl-C (a second one) in the middle of writing the checkpoint
+        return real_save(obj, path, *args, **kwargs)
+
+    monkeypatch.setattr(checkpoint_module.torch, "save", interrupted_save)
+    with pytest.raises(KeyboardInterrupt):
+        train(tiny_config(tmp_path, "train.max_steps=2", "logging.checkpoint_every=2"))
+    assert list((tmp_path / "checkpoints").iterdir()) == []  # no .step-0000002.*.tmp
+
+
 def test_the_cli_reports_a_stop_in_one_line_with_the_signal_exit_code(tmp_path, monkeypatch, capsys):
     signal_at(monkeypatch, 2, signal.SIGTERM)
     code = main(["train", "--set", "model.hidden_size=32", "--set", "model.depth=1", "--set", "data.num_samples=64",

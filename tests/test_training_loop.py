@@ -384,3 +384,11 @@ def test_checkpoints_load_on_the_device_names_of_ddp_processes(tmp_path):
     assert step == 1
     for name, value in run.model.state_dict().items():
         assert torch.equal(model.state_dict()[name], value)
+
+
+def test_export_warns_when_the_ema_still_holds_the_untrained_weights():
+    from vlgen.commands.export import ema_warning
+
+    assert "still hold 81% of the untrained initial weights after 2 updates" in ema_warning(2, 0.9)
+    assert ema_warning(10, 0.9) is None  # 0.9^10 = 0.35 < 1/e
+    assert ema_warning(1000, 0.9999) is not None and ema_warning(20000, 0.9999) is None

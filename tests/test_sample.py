@@ -1,6 +1,7 @@
 """`vlgen.sample`: sharded sampling to an ADM-format npz, resume, grids, and its errors."""
 import os
 import shutil
+import signal
 import subprocess
 import sys
 
@@ -117,6 +118,30 @@ def test_a_changed_pipeline_at_the_same_path_is_refused(pipeline_dir, tmp_path, 
     assert run(copy, *ARGS, "--out", str(out)) == 2
     err = capsys.readouterr().err
     assert "the pipeline's files (transformer/diffusion_pytorch_model.safetensors)" in err, err
+
+
+def test_sigterm_stops_after_the_current_batch_and_the_same_command_resumes(pipeline_dir, tmp_path, monkeypatch,
+                                                                          capsys):
+    run(pipeline_dir, *ARGS, "--out", str(tmp_path / "whole.npz"))
+    AcceleratorState._reset_state(reset_partial_state=True)
+    generate, calls = sample_module.generate, []
+
+    def preempted(*args):
+        calls.append(1)
+        if len(calls) == 2:
+            os.kill(os.getpid(), signal.SIGTERM)  # the scheduler preempts during the second batch
+        return generate(*args)
+
+    out = tmp_path / "resumed.npz"
+    with monkeypatch.context() as patch:
+        patch.setattr(sample_module, "generate", preempted)
+        assert run(pipeline_dir, *ARGS, "--out", str(out)) == 143
+    assert "vlgen sample: stopped by SIGTERM with 2 of 3 batches" in capsys.readouterr().err
+    assert sorted(p.name for p in (tmp_path / "resumed.npz.parts").glob("batch-*")) == ["batch-000000.npz",
+                                                                                         "batch-000001.npz"]
+    AcceleratorState._reset_state(reset_partial_state=True)
+    assert run(pipeline_dir, *ARGS, "--out", str(out)) == 0
+    assert (tmp_path / "whole.npz").read_bytes() == out.read_bytes()
 
 
 def test_a_run_that_failed_before_its_first_batch_blocks_nothing(pipeline_dir, tmp_path, capsys):

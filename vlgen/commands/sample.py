@@ -183,24 +183,25 @@ def _batch_count(args):
 
 
 def _sample_batches(pipe, parts, args, guidance, accelerator):
-    """This process's missing batches, each written to OUT.parts/ as soon as it is done."""
-    num_classes = pipe.transformer.config.num_classes
-    mine = [k for k in range(_batch_count(args)) if k % accelerator.num_processes == accelerator.process_index]
-    todo = [k for k in mine if not (parts / f"batch-{k:06d}.npz").is_file()]
-    with tqdm(total=len(mine), initial=len(mine) - len(todo), unit="batch", desc="sampling",
+    """This process's missing batches, each written to OUT.parts/ as soon as it is done. The
+    processes go in rounds (round r: batch r * P + rank) and agree after each whether to stop."""
+    num_classes, count, processes = pipe.transformer.config.num_classes, _batch_count(args), accelerator.num_processes
+    mine = range(accelerator.process_index, count, processes)
+    done_before = sum((parts / f"batch-{k:06d}.npz").is_file() for k in mine)
+    with tqdm(total=len(mine), initial=done_before, unit="batch", desc="sampling",
               disable=not accelerator.is_main_process) as bar, GracefulStop("the current batch") as stop:
-        for k in todo:
-            indices = range(k * args.batch_size, min((k + 1) * args.batch_size, args.num_samples))
-            labels = [i % num_classes for i in indices]
-            images = generate(pipe, labels, indices, args, guidance)
-            with atomic_path(parts / f"batch-{k:06d}.npz") as temporary, temporary.open("wb") as file:
-                np.savez(file, images=images, labels=np.asarray(labels))
-            bar.update()
-            if stop_agreed(accelerator, stop):
+        for k in (r * processes + accelerator.process_index for r in range(math.ceil(count / processes))):
+            if k < count and not (parts / f"batch-{k:06d}.npz").is_file():
+                indices = range(k * args.batch_size, min((k + 1) * args.batch_size, args.num_samples))
+                labels = [i % num_classes for i in indices]
+                images = generate(pipe, labels, indices, args, guidance)
+                with atomic_path(parts / f"batch-{k:06d}.npz") as temporary, temporary.open("wb") as file:
+                    np.savez(file, images=images, labels=np.asarray(labels))
+                bar.update()
+            if stop_agreed(accelerator, stop):  # every process calls it once per round
                 done = sum(1 for _ in parts.glob("batch-*.npz"))
-                raise Stopped(f"stopped by {stop.name or 'a signal on another process'} with {done} of "
-                              f"{_batch_count(args)} batches in {parts}; run the same command to continue",
-                              stop.signum or signal.SIGTERM)
+                raise Stopped(f"stopped by {stop.name or 'a signal on another process'} with {done} of {count} "
+                              f"batches in {parts}; run the same command to continue", stop.signum or signal.SIGTERM)
     accelerator.wait_for_everyone()
 
 

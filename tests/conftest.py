@@ -46,3 +46,21 @@ def tiny_vae(path):
                         latent_channels=4, norm_num_groups=4, sample_size=16, scaling_factor=0.5, shift_factor=0.1)
     vae.save_pretrained(path)
     return vae.eval()
+
+
+class Interrupted(Exception):
+    """Stands for the process being killed mid-run."""
+
+
+def interrupt_training_after(monkeypatch, steps):
+    """Make training die (as if killed) right after `steps` optimisation steps."""
+    from vlgen.training.loop import Run
+
+    original = Run.train_step
+
+    def train_step(self, batch):
+        if self.step == steps:
+            raise Interrupted
+        return original(self, batch)
+
+    monkeypatch.setattr(Run, "train_step", train_step)

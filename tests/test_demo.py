@@ -4,6 +4,7 @@ import json
 import pytest
 import torch
 from accelerate.state import AcceleratorState
+from conftest import Interrupted, interrupt_training_after
 from PIL import Image
 
 from pipelines import load_pipeline
@@ -66,32 +67,20 @@ def test_bad_demo_arguments_are_clear_errors(tmp_path, capsys):
         main(["demo", "--resolution", "24"])
 
 
-class Interrupted(Exception):
-    pass
-
-
 @pytest.mark.slow
 def test_an_interrupted_demo_resumes_to_the_uninterrupted_result(tmp_path, monkeypatch, capsys):
     from safetensors.torch import load_file
 
     from vlgen.commands import demo
-    from vlgen.training.loop import Run
 
     monkeypatch.setattr(demo, "CHECKPOINT_EVERY", 10)
     args = ["--framework", "sit", "--steps", "30", "--classifier-steps", "20", "--samples-per-class", "2",
             "--mixed-precision", "no"]
     assert main(["demo", "--out", str(tmp_path / "straight"), *args]) == 0
 
-    original = Run.train_step
-
-    def dies_at_step_25(self, batch):
-        if self.step == 25:
-            raise Interrupted
-        return original(self, batch)
-
     AcceleratorState._reset_state(reset_partial_state=True)
     with monkeypatch.context() as patch:
-        patch.setattr(Run, "train_step", dies_at_step_25)
+        interrupt_training_after(patch, 25)
         with pytest.raises(Interrupted):
             main(["demo", "--out", str(tmp_path / "killed"), *args])
     assert not (tmp_path / "killed" / "metrics.json").exists()

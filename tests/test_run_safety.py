@@ -7,6 +7,7 @@ import signal
 import pytest
 import torch
 from accelerate.state import AcceleratorState
+from conftest import Interrupted, interrupt_training_after
 from test_training_loop import tiny_config
 
 from vlgen.commands.cli import main
@@ -135,20 +136,10 @@ def test_checkpoints_inside_a_log_window_give_the_same_records_after_resume(tmp_
     before the checkpoint the run resumes from."""
     overrides = ["train.max_steps=10", "logging.checkpoint_every=3", "logging.log_every=5"]
     train(tiny_config(tmp_path / "straight", *overrides))
-    original = Run.train_step
-
-    class Killed(Exception):
-        pass
-
-    def dies_at_step_5(self, batch):
-        if self.step == 4:
-            raise Killed
-        return original(self, batch)
-
     AcceleratorState._reset_state(reset_partial_state=True)
     with monkeypatch.context() as patch:
-        patch.setattr(Run, "train_step", dies_at_step_5)
-        with pytest.raises(Killed):
+        interrupt_training_after(patch, 4)  # dies in step 5: the newest checkpoint is step 3
+        with pytest.raises(Interrupted):
             train(tiny_config(tmp_path / "killed", *overrides))
     AcceleratorState._reset_state(reset_partial_state=True)
     train(tiny_config(tmp_path / "killed", *overrides), resume="latest")

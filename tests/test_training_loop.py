@@ -13,7 +13,7 @@ from accelerate.state import AcceleratorState
 from PIL import Image
 from safetensors.torch import load_file
 
-from conftest import tiny_vae, write_image_folder
+from conftest import Interrupted, interrupt_training_after, tiny_vae, write_image_folder
 from pipelines import load_pipeline
 from vlgen.commands.export import export_checkpoint
 from vlgen.core.optimizer import create_adamw
@@ -80,31 +80,13 @@ def test_run_writes_checkpoints_metrics_and_tracker_logs(tmp_path):
     assert load_config(tmp_path / "config.yaml") == config
 
 
-class Interrupted(Exception):
-    pass
-
-
-def _interrupt_after(monkeypatch, steps):
-    """Make the run die (as if killed) right after `steps` optimisation steps."""
-    from vlgen.training.loop import Run
-
-    original = Run.train_step
-
-    def train_step(self, batch):
-        if self.step == steps:
-            raise Interrupted
-        return original(self, batch)
-
-    monkeypatch.setattr(Run, "train_step", train_step)
-
-
 @pytest.mark.parametrize("framework", ["flow", "ddpm"])
 def test_resume_after_a_kill_equals_the_uninterrupted_run_bitwise(tmp_path, monkeypatch, framework):
     overrides = ["train.max_steps=7", "logging.checkpoint_every=3", "train.warmup_steps=4"]
     reference = train(tiny_config(tmp_path / "straight", *overrides, framework=framework))
 
     with monkeypatch.context() as patch:
-        _interrupt_after(patch, 5)  # dies after step 5: the newest checkpoint is step 3
+        interrupt_training_after(patch, 5)  # dies after step 5: the newest checkpoint is step 3
         with pytest.raises(Interrupted):
             train(tiny_config(tmp_path / "killed", *overrides, framework=framework))
     AcceleratorState._reset_state(reset_partial_state=True)

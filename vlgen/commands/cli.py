@@ -149,8 +149,9 @@ def _add_demo_arguments(parser):
                              "per step but needs more steps)")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
                         help="auto: a GPU when one is present, else the CPU")
-    parser.add_argument("--mixed-precision", default="bf16", choices=["no", "bf16", "fp16"],
-                        help="autocast for both trainings (default bf16: faster on CPUs with bf16 matmuls and on GPUs)")
+    parser.add_argument("--mixed-precision", default="auto", choices=["auto", "no", "bf16", "fp16"],
+                        help="autocast for both trainings (default auto: bf16 where this machine runs it faster than "
+                             "float32, measured at start)")
     parser.add_argument("--batch-size", type=int, default=32, help="denoiser training batch (default 32)")
     parser.add_argument("--lr", type=float, default=1e-3, help="denoiser learning rate (default 1e-3)")
     parser.add_argument("--classifier-steps", type=int, default=1000, help="judge training steps (default 1000)")

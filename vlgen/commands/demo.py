@@ -32,6 +32,7 @@ from vlgen.evaluation.generation_metrics import generation_metrics
 from vlgen.tasks.classification import (VisionLLaMAClassifier, accuracy, classify, create_classifier,
                                         train_classifier)
 from vlgen.training import load_config, train
+from vlgen.training.loop import agreed_mixed_precision
 from vlgen.training.checkpoint import NAME as CHECKPOINT_NAME
 from vlgen.training.checkpoint import latest_checkpoint
 
@@ -72,7 +73,7 @@ def _select_device(device):
         os.environ["ACCELERATE_USE_CPU"] = "true"
 
 
-def denoiser_config(args, out):
+def denoiser_config(args, out, precision):
     family, objective, _ = FRAMEWORKS[args.framework]
     patch = args.resolution // TOKENS_PER_SIDE
     return load_config(None, [
@@ -80,7 +81,7 @@ def denoiser_config(args, out):
         *(f"objective.{key}={value}" for key, value in objective.items()),
         f"data.resolution={args.resolution}", "data.num_samples=20000", f"data.num_workers={DATA_WORKERS}",
         f"train.global_batch_size={args.batch_size}", f"train.max_steps={args.steps}", f"train.lr={args.lr}",
-        "train.warmup_steps=100", f'train.mixed_precision="{args.mixed_precision}"',
+        "train.warmup_steps=100", f'train.mixed_precision="{precision}"',
         f"train.seed={args.seed}",
         f"logging.output_dir={out / 'run'}", "logging.log_every=25",
         f"logging.checkpoint_every={min(CHECKPOINT_EVERY, args.steps)}", "logging.keep_checkpoints=1",
@@ -186,8 +187,9 @@ def run_demo(args):
     _check_args(args)
     out, resuming = prepare_output(args)
     _select_device(args.device)
-    config = denoiser_config(args, out)
-    accelerator = Accelerator(mixed_precision=args.mixed_precision)
+    precision = agreed_mixed_precision(args.mixed_precision)  # "auto": bf16 only where this machine is faster in it
+    config = denoiser_config(args, out, precision)
+    accelerator = Accelerator(mixed_precision=precision)
     device = accelerator.device
     started = time.perf_counter()
 
@@ -230,7 +232,7 @@ def run_demo(args):
     metrics = {
         "framework": args.framework, "model": config.model.name, "objective": config.objective.kind,
         "resolution": args.resolution, "steps": args.steps, "batch_size": args.batch_size, "device": str(device),
-        "mixed_precision": args.mixed_precision, "first_loss": records[0]["loss"], "last_loss": records[-1]["loss"],
+        "mixed_precision": precision, "first_loss": records[0]["loss"], "last_loss": records[-1]["loss"],
         "judge_held_out_accuracy": judge_accuracy, "sampler": sampler, "guidance_scale": args.guidance_scale,
         "samples_per_class": args.samples_per_class,
         "generated_class_accuracy": scores["class_accuracy"],

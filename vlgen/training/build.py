@@ -10,7 +10,7 @@ from vlgen.models.registry import model_config
 from vlgen.objectives import KINDS, create_objective
 
 DATA_KINDS = ("shapes", "images", "latents")
-MIXED_PRECISION = ("no", "bf16", "fp16")
+MIXED_PRECISION = ("auto", "no", "bf16", "fp16")
 TRACKERS = (None, "tensorboard")
 
 

@@ -7,13 +7,14 @@ from contextlib import ExitStack
 from pathlib import Path
 
 import torch
-from accelerate import Accelerator
-from accelerate.utils import gather_object
+from accelerate import Accelerator, PartialState
+from accelerate.utils import broadcast_object_list, gather_object
 from tqdm.auto import tqdm
 
 from vlgen.core.differences import describe_differences
 from vlgen.core.optimizer import create_adamw
 from vlgen.core.ownership import owned
+from vlgen.core.precision import resolve_mixed_precision
 from vlgen.core.signals import GracefulStop, Stopped, stop_agreed
 from vlgen.data.batches import GlobalBatches, ProcessBatches, local_slice, step_generator
 from vlgen.training.build import build_dataset, build_model, build_objective, check_config, data_info
@@ -74,6 +75,18 @@ def _holds_a_run(output):
     if (output / METRICS_FILE).is_file() or (output / "config.yaml").is_file():
         return "a run that stopped before its first checkpoint"
     return None
+
+
+def agreed_mixed_precision(setting):
+    """accelerate's mixed_precision for a setting ("auto" probes the machine: vlgen.core.precision);
+    the main process decides for all and prints why."""
+    state = PartialState()
+    choice, why = resolve_mixed_precision(setting, state.device.type)
+    if state.num_processes > 1:
+        choice = broadcast_object_list([choice])[0]
+    if setting == "auto" and state.is_main_process:
+        print(why, file=sys.stderr)
+    return choice
 
 
 def _claim_output(accelerator, output, resume, held):
@@ -192,8 +205,8 @@ def train(config: Config, *, resume=None, on_sample=None):
     SIGTERM or SIGINT stops training after the current step with a checkpoint (raises Stopped).
     Returns the Run."""
     log = config.logging
-    accelerator = Accelerator(mixed_precision=config.train.mixed_precision, log_with=log.tracker,
-                              project_dir=log.output_dir)
+    accelerator = Accelerator(mixed_precision=agreed_mixed_precision(config.train.mixed_precision),
+                              log_with=log.tracker, project_dir=log.output_dir)
     output = Path(log.output_dir)
     with ExitStack() as held:
         _claim_output(accelerator, output, resume, held)

@@ -1,0 +1,67 @@
+"""mixed_precision auto: bf16 only where the machine runs it faster, measured once and cached."""
+import json
+
+import pytest
+
+from vlgen.core import precision
+from vlgen.core.precision import choose, cpu_precision_probe, resolve_mixed_precision
+
+
+def test_the_faster_precision_is_chosen_with_a_margin():
+    assert choose(fp32_gflops=200, bf16_gflops=900) == "bf16"  # AMX / AVX512-BF16 class
+    assert choose(fp32_gflops=160, bf16_gflops=0.3) == "no"  # AVX2 only: emulated bf16
+    assert choose(fp32_gflops=300, bf16_gflops=330) == "no"  # within the margin: float32 is safer
+
+
+def test_an_explicit_setting_wins_and_auto_says_why(monkeypatch, tmp_path):
+    monkeypatch.setenv("VLGEN_CACHE_DIR", str(tmp_path))
+    for setting in ("no", "bf16", "fp16"):
+        assert resolve_mixed_precision(setting, "cpu") == (setting, f"mixed precision: {setting} (as set)")
+    monkeypatch.setattr(precision, "_matmul_rate", lambda dtype, **_: 900.0 if dtype.is_floating_point and
+                        dtype.itemsize == 2 else 200.0)
+    choice, why = resolve_mixed_precision("auto", "cpu")
+    assert choice == "bf16" and "900 GFLOP/s in bf16, 200 in float32" in why
+
+
+def test_the_probe_is_cached_per_machine(monkeypatch, tmp_path):
+    monkeypatch.setenv("VLGEN_CACHE_DIR", str(tmp_path))
+    calls = []
+    monkeypatch.setattr(precision, "_matmul_rate", lambda dtype, **_: calls.append(dtype) or 100.0)
+    first = cpu_precision_probe()
+    assert first == {"fp32_gflops": 100.0, "bf16_gflops": 100.0, "choice": "no"} and len(calls) == 2
+    assert cpu_precision_probe() == first and len(calls) == 2  # read back, not measured again
+    cached = list(tmp_path.glob("precision-*.json"))
+    assert len(cached) == 1 and json.loads(cached[0].read_text()) == first
+
+
+def test_the_real_probe_is_quick_and_consistent(monkeypatch, tmp_path):
+    monkeypatch.setenv("VLGEN_CACHE_DIR", str(tmp_path))
+    import time
+
+    start = time.perf_counter()
+    result = cpu_precision_probe(use_cache=False)
+    assert time.perf_counter() - start < 3.0
+    assert result["fp32_gflops"] > 0 and result["bf16_gflops"] > 0
+    assert result["choice"] == choose(result["fp32_gflops"], result["bf16_gflops"])
+
+
+@pytest.mark.parametrize("supported, expected", [(True, "bf16"), (False, "no")])
+def test_cuda_keeps_the_usual_rule(monkeypatch, supported, expected):
+    monkeypatch.setattr(precision.torch.cuda, "is_bf16_supported", lambda: supported)
+    assert resolve_mixed_precision("auto", "cuda")[0] == expected
+
+
+def test_training_with_auto_prints_the_choice(monkeypatch, tmp_path, capsys):
+    from accelerate.state import AcceleratorState
+    from test_training_loop import tiny_config
+
+    from vlgen.training import train
+
+    monkeypatch.setenv("VLGEN_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(precision, "_matmul_rate", lambda dtype, **_: 0.3 if dtype.itemsize == 2 else 150.0)
+    try:
+        run = train(tiny_config(tmp_path / "run", "train.max_steps=1", 'train.mixed_precision="auto"'))
+        assert run.accelerator.mixed_precision == "no"
+    finally:
+        AcceleratorState._reset_state(reset_partial_state=True)
+    assert "mixed precision: no (auto: this CPU multiplies 0.3 GFLOP/s in bf16, 150 in float32)" in capsys.readouterr().err

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import torch
 
+from vlgen.core.atomic import atomic_path
+
 MARGIN = 1.2  # bf16 must be this much faster than float32 to be chosen
 PROBE_SIZE = 256
 CACHE_ENV = "VLGEN_CACHE_DIR"
@@ -51,9 +53,13 @@ def _cpu_model():
     return ""
 
 
-def cpu_precision_probe(use_cache=True):
-    """{"fp32_gflops", "bf16_gflops", "choice"} of this CPU ("bf16" or "no"), cached."""
+def cpu_precision_probe(use_cache=True, wait_s=0.0):
+    """{"fp32_gflops", "bf16_gflops", "choice"} of this CPU ("bf16" or "no"), cached. wait_s: how
+    long to wait for another process of the same launch to write the cache before measuring."""
     cache = _cache_file()
+    deadline = time.monotonic() + wait_s
+    while use_cache and not cache.is_file() and time.monotonic() < deadline:
+        time.sleep(0.1)
     if use_cache and cache.is_file():
         try:
             return json.loads(cache.read_text())
@@ -64,8 +70,8 @@ def cpu_precision_probe(use_cache=True):
     result = {"fp32_gflops": round(fp32, 2), "bf16_gflops": round(bf16, 2), "choice": choose(fp32, bf16)}
     if use_cache:
         try:
-            cache.parent.mkdir(parents=True, exist_ok=True)
-            cache.write_text(json.dumps(result))
+            with atomic_path(cache) as temporary:
+                temporary.write_text(json.dumps(result))
         except OSError:
             pass  # a read-only home: measure next time again
     return result
@@ -76,13 +82,14 @@ def choose(fp32_gflops, bf16_gflops):
     return "bf16" if bf16_gflops >= MARGIN * fp32_gflops else "no"
 
 
-def resolve_mixed_precision(setting, device_type):
-    """(accelerate's mixed_precision, a line saying why) for "auto", "no", "bf16" or "fp16"."""
+def resolve_mixed_precision(setting, device_type, wait_s=0.0):
+    """(accelerate's mixed_precision, a line saying why) for "auto", "no", "bf16" or "fp16"; wait_s
+    as for cpu_precision_probe."""
     if setting != "auto":
         return setting, f"mixed precision: {setting} (as set)"
     if device_type == "cuda":
         choice = "bf16" if torch.cuda.is_bf16_supported() else "no"
         return choice, f"mixed precision: {choice} (auto: CUDA {'with' if choice == 'bf16' else 'without'} bf16)"
-    probe = cpu_precision_probe()
+    probe = cpu_precision_probe(wait_s=wait_s)
     return probe["choice"], (f"mixed precision: {probe['choice']} (auto: this CPU multiplies {probe['bf16_gflops']:g} "
                              f"GFLOP/s in bf16, {probe['fp32_gflops']:g} in float32)")

@@ -1,4 +1,5 @@
 """The training loop: accelerate (one CPU to many GPUs), EMA, logging, atomic checkpoints, resume."""
+import os
 import shutil
 import signal
 import sys
@@ -7,8 +8,8 @@ from contextlib import ExitStack
 from pathlib import Path
 
 import torch
-from accelerate import Accelerator, PartialState
-from accelerate.utils import broadcast_object_list, gather_object
+from accelerate import Accelerator
+from accelerate.utils import gather_object
 from tqdm.auto import tqdm
 
 from vlgen.core.differences import describe_differences
@@ -78,13 +79,14 @@ def _holds_a_run(output):
 
 
 def agreed_mixed_precision(setting):
-    """accelerate's mixed_precision for a setting ("auto" probes the machine: vlgen.core.precision);
-    the main process decides for all and prints why."""
-    state = PartialState()
-    choice, why = resolve_mixed_precision(setting, state.device.type)
-    if state.num_processes > 1:
-        choice = broadcast_object_list([choice])[0]
-    if setting == "auto" and state.is_main_process:
+    """accelerate's mixed_precision for a setting ("auto" probes the machine: vlgen.core.precision),
+    decided before the Accelerator exists (it takes the setting when it is made): the first process
+    of each machine measures and caches, the others of a launch read its result."""
+    use_cpu = os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes")
+    device_type = "cuda" if torch.cuda.is_available() and not use_cpu else "cpu"
+    first_here = int(os.environ.get("LOCAL_RANK", "0")) == 0
+    choice, why = resolve_mixed_precision(setting, device_type, wait_s=0.0 if first_here else 60.0)
+    if setting == "auto" and int(os.environ.get("RANK", "0")) == 0:
         print(why, file=sys.stderr)
     return choice
 

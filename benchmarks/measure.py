@@ -1,5 +1,6 @@
 """What the benchmarks share: timing, peak memory, a named model with random weights and its inputs,
-the training step they time, and the sampling benchmarks' command line."""
+the training step they time (vlgen's or the reference loop's), and the sampling benchmarks'
+command line."""
 import argparse
 import resource
 import statistics
@@ -8,6 +9,7 @@ import time
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from reference_loop import reference_training_step
 from vlgen.core.optimizer import create_adamw
 from vlgen.diffusion import create_diffusion
 from vlgen.models import create_model
@@ -41,17 +43,26 @@ def peak_memory_mib(device):
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
-def training_step(model_name, device, precision, batch_size, latent_size=32):
+def training_step(model_name, device, precision, batch_size, latent_size=32, loop="vlgen"):
     """One full DDPM training step of a named model on random latents: DiT's hybrid loss (MSE + VLB,
-    learned sigma) under autocast, backward, fused AdamW, EMA update."""
+    learned sigma) under autocast, backward, AdamW, EMA update. loop: "vlgen" (fused AdamW,
+    foreach EMA) or "reference" (the plain loop of reference_loop.py around the same model)."""
     torch.manual_seed(0)
     model = create_model(model_name, sample_size=latent_size).to(device).train()
-    ema = create_ema(model)
     diffusion = create_diffusion()
-    optimizer = create_adamw(model.parameters(), lr=1e-4)
     x = torch.randn(batch_size, 4, latent_size, latent_size, device=device)
     y = torch.randint(0, 1000, (batch_size,), device=device)
     autocast = torch.autocast(str(device).split(":")[0], dtype=torch.bfloat16, enabled=precision == "bf16")
+    if loop == "reference":
+        reference_step = reference_training_step(model, diffusion, x, y)
+
+        def step():
+            with autocast:
+                reference_step()
+
+        return step
+    ema = create_ema(model)
+    optimizer = create_adamw(model.parameters(), lr=1e-4)
 
     def step():
         t = diffusion.sample_times(batch_size, device)
@@ -65,9 +76,9 @@ def training_step(model_name, device, precision, batch_size, latent_size=32):
     return step
 
 
-def measure_training(model_name, device, precision, batch_size, steps=8, warmup=2, latent_size=32):
+def measure_training(model_name, device, precision, batch_size, steps=8, warmup=2, latent_size=32, loop="vlgen"):
     """Median step time, images/s, model FLOP per step (torch's FLOP counter) and FLOP/s, peak memory."""
-    step = training_step(model_name, device, precision, batch_size, latent_size)
+    step = training_step(model_name, device, precision, batch_size, latent_size, loop)
     with FlopCounterMode(display=False) as counter:
         step()
     median = statistics.median(time_calls(step, device, steps, warmup))

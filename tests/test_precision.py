@@ -1,5 +1,6 @@
 """mixed_precision auto: bf16 only where the machine runs it faster, measured once and cached."""
 import json
+from types import SimpleNamespace
 
 import pytest
 
@@ -17,7 +18,7 @@ def test_an_explicit_setting_wins_and_auto_says_why(monkeypatch, tmp_path):
     monkeypatch.setenv("VLGEN_CACHE_DIR", str(tmp_path))
     for setting in ("no", "bf16", "fp16"):
         assert resolve_mixed_precision(setting, "cpu") == (setting, f"mixed precision: {setting} (as set)")
-    monkeypatch.setattr(precision, "_matmul_rate", lambda dtype, **_: 900.0 if dtype.is_floating_point and
+    monkeypatch.setattr(precision, "_probe_rate", lambda dtype, **_: 900.0 if dtype.is_floating_point and
                         dtype.itemsize == 2 else 200.0)
     choice, why = resolve_mixed_precision("auto", "cpu")
     assert choice == "bf16" and "900 GFLOP/s in bf16, 200 in float32" in why
@@ -26,7 +27,7 @@ def test_an_explicit_setting_wins_and_auto_says_why(monkeypatch, tmp_path):
 def test_the_probe_is_cached_per_machine(monkeypatch, tmp_path):
     monkeypatch.setenv("VLGEN_CACHE_DIR", str(tmp_path))
     calls = []
-    monkeypatch.setattr(precision, "_matmul_rate", lambda dtype, **_: calls.append(dtype) or 100.0)
+    monkeypatch.setattr(precision, "_probe_rate", lambda dtype, **_: calls.append(dtype) or 100.0)
     first = cpu_precision_probe()
     assert first == {"fp32_gflops": 100.0, "bf16_gflops": 100.0, "choice": "no"} and len(calls) == 2
     assert cpu_precision_probe() == first and len(calls) == 2  # read back, not measured again
@@ -58,10 +59,28 @@ def test_training_with_auto_prints_the_choice(monkeypatch, tmp_path, capsys):
     from vlgen.training import train
 
     monkeypatch.setenv("VLGEN_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.setattr(precision, "_matmul_rate", lambda dtype, **_: 0.3 if dtype.itemsize == 2 else 150.0)
+    monkeypatch.setattr(precision, "_probe_rate", lambda dtype, **_: 0.3 if dtype.itemsize == 2 else 150.0)
     try:
         run = train(tiny_config(tmp_path / "run", "train.max_steps=1", 'train.mixed_precision="auto"'))
         assert run.accelerator.mixed_precision == "no"
+        records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+        assert records and all(record["mixed_precision"] == "no" for record in records)  # what each step ran in
     finally:
         AcceleratorState._reset_state(reset_partial_state=True)
-    assert "mixed precision: no (auto: this CPU multiplies 0.3 GFLOP/s in bf16, 150 in float32)" in capsys.readouterr().err
+    assert "mixed precision: no (auto: this CPU runs matmul and attention at 0.3 GFLOP/s in bf16, 150 in float32)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("bf16_rate, expected", [(900.0, "bfloat16"), (0.3, "float32")])
+def test_sampling_dtype_auto_follows_the_probe_and_an_explicit_dtype_wins(monkeypatch, tmp_path, capsys, bf16_rate,
+                                                                          expected):
+    import torch
+
+    from vlgen.commands.sample import _decided_dtype
+
+    monkeypatch.setenv("VLGEN_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(precision, "_probe_rate", lambda dtype, **_: bf16_rate if dtype.itemsize == 2 else 200.0)
+    accelerator = SimpleNamespace(device=torch.device("cpu"), is_local_main_process=True, print=print)
+    assert _decided_dtype("auto", accelerator) == expected
+    assert f"dtype: {expected} (auto: this CPU runs matmul and attention at {bf16_rate:g} GFLOP/s" in capsys.readouterr().out
+    for explicit in ("float32", "bfloat16", "float16"):
+        assert _decided_dtype(explicit, accelerator) == explicit

@@ -16,7 +16,8 @@ from vlgen.evaluation.inception import save_random_inception_weights
 
 TINY = ["--set", "model.hidden_size=32", "--set", "model.depth=1", "--set", "data.num_samples=64",
         "--set", "data.num_workers=0", "--set", "train.global_batch_size=4", "--set", "train.max_steps=2",
-        "--set", "logging.tracker=null", "--set", "logging.sample_every=0", "--set", "data.resolution=16"]
+        "--set", "logging.tracker=null", "--set", "logging.sample_every=0", "--set", "data.resolution=16",
+        "--set", 'train.mixed_precision="no"']
 
 
 @pytest.fixture(autouse=True)

@@ -27,7 +27,8 @@ from vlgen.training.ema import create_ema, update_ema
 # A tiny run: 16x16 shapes, 2 blocks of width 64, batch 8.
 TINY = ["model.hidden_size=64", "model.depth=2", "model.num_heads=2", "data.resolution=16", "data.num_samples=200",
         "data.num_workers=0", "train.global_batch_size=8", "train.lr=1e-3", "train.ema_decay=0.9",
-        "logging.sample_every=0", "logging.tracker=null", "logging.log_every=1"]
+        "logging.sample_every=0", "logging.tracker=null", "logging.log_every=1",
+        'train.mixed_precision="no"']  # float32 on every CPU; "auto" (the default) has its own tests
 FRAMEWORKS = {"flow": ["objective.kind=flow", "model.name=SiT-LLaMA-S/4"],
               "ddpm": ["objective.kind=ddpm", "model.name=DiT-LLaMA-S/4"]}
 

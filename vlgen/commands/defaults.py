@@ -1,5 +1,5 @@
 """Defaults and choices that both the parsers (which must not import torch: `vlgen --help` stays
 instant) and the commands use."""
 NPZ_GUIDANCE_SCALE, GRID_GUIDANCE_SCALE = 1.5, 4.0  # DiT/SiT: 1.5 for the headline FID-50K, 4.0 for visuals
-SAMPLE_DTYPES = ("float32", "bfloat16", "float16")  # transformer and VAE precision of `vlgen sample`
+SAMPLE_DTYPES = ("auto", "float32", "bfloat16", "float16")  # transformer and VAE precision of `vlgen sample`
 DEMO_FRAMEWORKS = ("dit", "sit")  # `vlgen demo --framework`

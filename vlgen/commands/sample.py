@@ -29,10 +29,11 @@ from vlgen.commands.defaults import GRID_GUIDANCE_SCALE, NPZ_GUIDANCE_SCALE, SAM
 from vlgen.core.atomic import atomic_path
 from vlgen.core.differences import describe_differences
 from vlgen.core.ownership import owned
+from vlgen.core.precision import auto_precision
 from vlgen.core.signals import GracefulStop, Stopped, stop_agreed
 from vlgen.evaluation.images import to_uint8, write_samples_npz
 
-DTYPES = {name: getattr(torch, name) for name in SAMPLE_DTYPES}
+DTYPES = {name: getattr(torch, name) for name in SAMPLE_DTYPES if name != "auto"}
 
 
 def sample_seed(seed, index):
@@ -228,12 +229,24 @@ def sample_grid(args, device):
     return f"{path}: {len(row_ids)} labels x {args.per_label} images"
 
 
+def _decided_dtype(dtype, accelerator):
+    """The dtype to sample in: "auto" becomes bfloat16 where this machine runs it faster
+    (vlgen.core.precision; the other processes of a launch read the first one's measurement)."""
+    if dtype != "auto":
+        return dtype
+    choice, why = auto_precision(accelerator.device.type, wait_s=0.0 if accelerator.is_local_main_process else 60.0)
+    decided = "bfloat16" if choice == "bf16" else "float32"
+    accelerator.print(f"dtype: {decided} ({why})")
+    return decided
+
+
 def run_sampling(args):
     """Writes the npz or the grid; returns a line saying what was written (None on other processes)."""
     from accelerate import Accelerator
 
     _check_args(args)
     accelerator = Accelerator()
+    args.dtype = _decided_dtype(args.dtype, accelerator)
     if args.grid is not None:
         return sample_grid(args, accelerator.device) if accelerator.is_main_process else None
     written = sample_npz(args, accelerator)

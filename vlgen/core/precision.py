@@ -2,8 +2,9 @@
 
 CPUs differ by orders of magnitude: with AMX or AVX512-BF16 a bf16 matmul runs several times the
 float32 rate, while a CPU with AVX2 alone can run it hundreds of times slower. A short probe (a
-256 x 256 matmul in each precision, well under a second) measures both rates; its result is cached
-per machine and torch version. On CUDA the usual rule holds: bf16 where the device supports it.
+256 x 256 matmul and a 4-head attention over 256 tokens in each precision, well under a second)
+measures both rates; its result is cached per machine and torch version. On CUDA the usual rule
+holds: bf16 where the device supports it.
 """
 import hashlib
 import json
@@ -13,44 +14,61 @@ import time
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 from vlgen.core.atomic import atomic_path
 
 MARGIN = 1.2  # bf16 must be this much faster than float32 to be chosen
-PROBE_SIZE = 256
+PROBE_SIZE = 256  # matmul size and attention tokens: the scale of a small denoiser's layers
+PROBE_HEADS, PROBE_HEAD_DIM = 4, 64
 CACHE_ENV = "VLGEN_CACHE_DIR"
+PROBE_VERSION = 2  # part of the cache key: a changed probe measures again
 
 
-def _matmul_rate(dtype, size=PROBE_SIZE, budget_s=0.3):
-    """GFLOP/s of size x size matmuls in dtype, best of a few, stopping once the budget is spent."""
-    a = torch.randn(size, size).to(dtype)
-    b = torch.randn(size, size).to(dtype)
+def _probe_rate(dtype, budget_s=0.3):
+    """GFLOP/s of one matmul plus one attention call in dtype (the two kinds of work of a
+    transformer step), best of a few, stopping once the budget is spent."""
+    a, b = (torch.randn(PROBE_SIZE, PROBE_SIZE).to(dtype) for _ in range(2))
+    q, k, v = (torch.randn(1, PROBE_HEADS, PROBE_SIZE, PROBE_HEAD_DIM).to(dtype) for _ in range(3))
+    flop = 2 * PROBE_SIZE**3 + 4 * PROBE_HEADS * PROBE_SIZE**2 * PROBE_HEAD_DIM
     best, spent = float("inf"), 0.0
     for _ in range(5):
         start = time.perf_counter()
         a @ b
+        F.scaled_dot_product_attention(q, k, v)
         elapsed = time.perf_counter() - start
         best, spent = min(best, elapsed), spent + elapsed
         if spent > budget_s:
             break
-    return 2 * size**3 / best / 1e9
+    return flop / best / 1e9
 
 
 def _cache_file():
-    identity = f"{platform.machine()}|{platform.processor()}|{_cpu_model()}|{os.cpu_count()}|{torch.__version__}"
+    identity = f"probe {PROBE_VERSION}|{platform.machine()}|{platform.processor()}|{cpu_model()}|{os.cpu_count()}|{torch.__version__}"
     key = hashlib.sha256(identity.encode()).hexdigest()[:16]
     root = Path(os.environ.get(CACHE_ENV, Path.home() / ".cache" / "vlgen"))
     return root / f"precision-{key}.json"
 
 
-def _cpu_model():
+def _cpuinfo_field(name):
+    """The first value of a /proc/cpuinfo field ("" where there is none or the file is unreadable)."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
+            if line.split(":", 1)[0].strip() == name:
                 return line.split(":", 1)[1].strip()
     except OSError:
         pass
     return ""
+
+
+def cpu_model():
+    """The CPU's model name."""
+    return _cpuinfo_field("model name")
+
+
+def cpu_flags():
+    """The CPU's ISA flags, as a set (avx2, avx512_bf16, amx_bf16, ...)."""
+    return set(_cpuinfo_field("flags").split())
 
 
 def cpu_precision_probe(use_cache=True, wait_s=0.0):
@@ -66,7 +84,7 @@ def cpu_precision_probe(use_cache=True, wait_s=0.0):
         except (OSError, json.JSONDecodeError):
             pass  # measured again below
     with torch.inference_mode():
-        fp32, bf16 = _matmul_rate(torch.float32), _matmul_rate(torch.bfloat16)
+        fp32, bf16 = _probe_rate(torch.float32), _probe_rate(torch.bfloat16)
     result = {"fp32_gflops": round(fp32, 2), "bf16_gflops": round(bf16, 2), "choice": choose(fp32, bf16)}
     if use_cache:
         try:
@@ -78,8 +96,19 @@ def cpu_precision_probe(use_cache=True, wait_s=0.0):
 
 
 def choose(fp32_gflops, bf16_gflops):
-    """"bf16" where bf16 matmuls run MARGIN times the float32 rate, else "no" (float32)."""
+    """"bf16" where the probe runs MARGIN times the float32 rate in bf16, else "no" (float32)."""
     return "bf16" if bf16_gflops >= MARGIN * fp32_gflops else "no"
+
+
+def auto_precision(device_type, wait_s=0.0):
+    """("bf16" or "no", why in words) of the setting "auto" on a device type; wait_s as for
+    cpu_precision_probe."""
+    if device_type == "cuda":
+        choice = "bf16" if torch.cuda.is_bf16_supported() else "no"
+        return choice, f"auto: CUDA {'with' if choice == 'bf16' else 'without'} bf16"
+    probe = cpu_precision_probe(wait_s=wait_s)
+    return probe["choice"], (f"auto: this CPU runs matmul and attention at {probe['bf16_gflops']:g} GFLOP/s in bf16, "
+                             f"{probe['fp32_gflops']:g} in float32")
 
 
 def resolve_mixed_precision(setting, device_type, wait_s=0.0):
@@ -87,9 +116,5 @@ def resolve_mixed_precision(setting, device_type, wait_s=0.0):
     as for cpu_precision_probe."""
     if setting != "auto":
         return setting, f"mixed precision: {setting} (as set)"
-    if device_type == "cuda":
-        choice = "bf16" if torch.cuda.is_bf16_supported() else "no"
-        return choice, f"mixed precision: {choice} (auto: CUDA {'with' if choice == 'bf16' else 'without'} bf16)"
-    probe = cpu_precision_probe(wait_s=wait_s)
-    return probe["choice"], (f"mixed precision: {probe['choice']} (auto: this CPU multiplies {probe['bf16_gflops']:g} "
-                             f"GFLOP/s in bf16, {probe['fp32_gflops']:g} in float32)")
+    choice, why = auto_precision(device_type, wait_s)
+    return choice, f"mixed precision: {choice} ({why})"

@@ -60,7 +60,7 @@ class TrainConfig:
     warmup_steps: int = 0  # linear learning-rate warm-up, then constant
     grad_clip: float | None = None  # max gradient norm
     ema_decay: float = 0.995  # short runs: 0.995^2000 leaves no trace of the initial weights (0.999^2000 leaves 14%)
-    mixed_precision: str = "no"  # no, bf16, fp16 (autocast; fp16 with loss scaling) or auto (bf16 where faster)
+    mixed_precision: str = "auto"  # auto (bf16 where this machine runs it faster), no, bf16 or fp16 (autocast; fp16 with loss scaling)
     seed: int = 0
 
 

@@ -70,7 +70,7 @@ class MetricsLog:
         """Append the record of the window ending at `step`; returns it."""
         mean_loss = accelerator.reduce(self.loss_sum, reduction="mean").item() / self.window_steps
         record = {"step": step, "loss": mean_loss, "lr": lr, "images_per_s": images_per_s,
-                  "skipped_images": self.skipped_total}
+                  "skipped_images": self.skipped_total, "mixed_precision": accelerator.mixed_precision}
         if self.write:
             with self.path.open("a") as file:
                 file.write(json.dumps(record) + "\n")

@@ -42,6 +42,7 @@ def test_train_then_export(tmp_path):
     result = run("train", *TINY_RUN, "--set", f"logging.output_dir={tmp_path / 'run'}")
     assert result.returncode == 0, result.stderr
     assert "mixed precision: " in result.stderr and "(auto: this CPU runs matmul and attention at" in result.stderr
+    assert "threads: " in result.stderr and " usable CPUs" in result.stderr
     assert (tmp_path / "run" / "samples" / "step-0000002.png").is_file()
     checkpoint = tmp_path / "run" / "checkpoints" / "step-0000002"
     result = run("export", str(checkpoint), "--out", str(tmp_path / "pipe"))

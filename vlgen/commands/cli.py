@@ -1,6 +1,5 @@
 """The `vlgen` command: argparse subcommands."""
 import argparse
-import os
 import sys
 import warnings
 from contextlib import contextmanager
@@ -310,15 +309,13 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     keep_freed_memory()
     if hasattr(args, "threads"):  # before the command imports torch: OpenMP reads its settings at load
-        from vlgen.core.threads import apply_thread_policy, threads_line
+        from vlgen.core.threads import apply_thread_policy
 
         try:
             apply_thread_policy(args.threads)
         except ValueError as error:
             print(f"vlgen {args.command}: error: --{error}", file=sys.stderr)
             return 2
-        if os.environ.get("RANK", "0") == "0":
-            print(threads_line())
     launch_problem = check_launcher()
     if launch_problem is not None:
         print(f"vlgen {args.command}: warning: {launch_problem}", file=sys.stderr)

@@ -30,6 +30,7 @@ from vlgen.core.atomic import atomic_path
 from vlgen.core.differences import describe_differences
 from vlgen.core.ownership import owned
 from vlgen.core.precision import auto_precision
+from vlgen.core.threads import threads_line
 from vlgen.core.signals import GracefulStop, Stopped, stop_agreed
 from vlgen.evaluation.images import to_uint8, write_samples_npz
 
@@ -246,6 +247,7 @@ def run_sampling(args):
 
     _check_args(args)
     accelerator = Accelerator()
+    accelerator.print(threads_line())
     args.dtype = _decided_dtype(args.dtype, accelerator)
     if args.grid is not None:
         return sample_grid(args, accelerator.device) if accelerator.is_main_process else None

@@ -16,6 +16,7 @@ from vlgen.core.differences import describe_differences
 from vlgen.core.optimizer import create_adamw
 from vlgen.core.ownership import owned
 from vlgen.core.precision import resolve_mixed_precision
+from vlgen.core.threads import threads_line
 from vlgen.core.signals import GracefulStop, Stopped, stop_agreed
 from vlgen.data.batches import GlobalBatches, ProcessBatches, local_slice, step_generator
 from vlgen.training.build import build_dataset, build_model, build_objective, check_config, data_info
@@ -209,6 +210,8 @@ def train(config: Config, *, resume=None, on_sample=None):
     log = config.logging
     accelerator = Accelerator(mixed_precision=agreed_mixed_precision(config.train.mixed_precision),
                               log_with=log.tracker, project_dir=log.output_dir)
+    if accelerator.is_main_process:
+        print(threads_line(), file=sys.stderr)
     output = Path(log.output_dir)
     with ExitStack() as held:
         _claim_output(accelerator, output, resume, held)

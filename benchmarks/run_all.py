@@ -263,7 +263,7 @@ def main():
                  f"{reference['images_per_s']:.2f} img/s",
                  f"vlgen = {values['reference_train_ratio']:.2f} x its time", f"{reference['peak_mib']:.0f}"))
     sample = {}
-    for guidance, precision in ((0, "fp32"), (1, "fp32"), (1, "bf16"))[:len(precisions) + 1]:
+    for guidance, precision in [(0, "fp32"), (1, "fp32")] + ([(1, "bf16")] if bf16_used else []):
         r = sample[guidance, precision] = run_child(common, "sample", guidance=guidance, precision=precision)
         rows.append((f"sample DDIM-{args.sample_steps} {'CFG' if guidance else 'no CFG'} {precision}",
                      f"{r['batch_s']:.2f} s/batch", f"{r['images_per_s']:.2f} img/s", "", f"{r['peak_mib']:.0f}"))

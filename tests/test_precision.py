@@ -79,7 +79,7 @@ def test_sampling_dtype_auto_follows_the_probe_and_an_explicit_dtype_wins(monkey
 
     monkeypatch.setenv("VLGEN_CACHE_DIR", str(tmp_path))
     monkeypatch.setattr(precision, "_probe_rate", lambda dtype, **_: bf16_rate if dtype.itemsize == 2 else 200.0)
-    accelerator = SimpleNamespace(device=torch.device("cpu"), is_local_main_process=True, print=print)
+    accelerator = SimpleNamespace(device=torch.device("cpu"), print=print)
     assert _decided_dtype("auto", accelerator) == expected
     assert f"dtype: {expected} (auto: this CPU runs matmul and attention at {bf16_rate:g} GFLOP/s" in capsys.readouterr().out
     for explicit in ("float32", "bfloat16", "float16"):

@@ -232,10 +232,10 @@ def sample_grid(args, device):
 
 def _decided_dtype(dtype, accelerator):
     """The dtype to sample in: "auto" becomes bfloat16 where this machine runs it faster
-    (vlgen.core.precision; the other processes of a launch read the first one's measurement)."""
+    (vlgen.core.precision; every process of a launch decides alike)."""
     if dtype != "auto":
         return dtype
-    choice, why = auto_precision(accelerator.device.type, wait_s=0.0 if accelerator.is_local_main_process else 60.0)
+    choice, why = auto_precision(accelerator.device.type)
     decided = "bfloat16" if choice == "bf16" else "float32"
     accelerator.print(f"dtype: {decided} ({why})")
     return decided

@@ -23,6 +23,7 @@ PROBE_SIZE = 256  # matmul size and attention tokens: the scale of a small denoi
 PROBE_HEADS, PROBE_HEAD_DIM = 4, 64
 CACHE_ENV = "VLGEN_CACHE_DIR"
 PROBE_VERSION = 2  # part of the cache key: a changed probe measures again
+OTHER_PROCESS_WAIT_S = 60.0  # how long the other processes of a launch wait for the first one's probe
 
 
 def _probe_rate(dtype, budget_s=0.3):
@@ -71,11 +72,13 @@ def cpu_flags():
     return set(_cpuinfo_field("flags").split())
 
 
-def cpu_precision_probe(use_cache=True, wait_s=0.0):
-    """{"fp32_gflops", "bf16_gflops", "choice"} of this CPU ("bf16" or "no"), cached. wait_s: how
-    long to wait for another process of the same launch to write the cache before measuring."""
+def cpu_precision_probe(use_cache=True):
+    """{"fp32_gflops", "bf16_gflops", "choice"} of this CPU ("bf16" or "no"), cached. The first
+    process of a machine measures; the others of a launch (LOCAL_RANK > 0) wait for its cache, so
+    that every process decides alike."""
     cache = _cache_file()
-    deadline = time.monotonic() + wait_s
+    first_here = os.environ.get("LOCAL_RANK", "0") == "0"
+    deadline = time.monotonic() + (0.0 if first_here else OTHER_PROCESS_WAIT_S)
     while use_cache and not cache.is_file() and time.monotonic() < deadline:
         time.sleep(0.1)
     if use_cache and cache.is_file():
@@ -100,21 +103,19 @@ def choose(fp32_gflops, bf16_gflops):
     return "bf16" if bf16_gflops >= MARGIN * fp32_gflops else "no"
 
 
-def auto_precision(device_type, wait_s=0.0):
-    """("bf16" or "no", why in words) of the setting "auto" on a device type; wait_s as for
-    cpu_precision_probe."""
+def auto_precision(device_type):
+    """("bf16" or "no", why in words) of the setting "auto" on a device type."""
     if device_type == "cuda":
         choice = "bf16" if torch.cuda.is_bf16_supported() else "no"
         return choice, f"auto: CUDA {'with' if choice == 'bf16' else 'without'} bf16"
-    probe = cpu_precision_probe(wait_s=wait_s)
+    probe = cpu_precision_probe()
     return probe["choice"], (f"auto: this CPU runs matmul and attention at {probe['bf16_gflops']:g} GFLOP/s in bf16, "
                              f"{probe['fp32_gflops']:g} in float32")
 
 
-def resolve_mixed_precision(setting, device_type, wait_s=0.0):
-    """(accelerate's mixed_precision, a line saying why) for "auto", "no", "bf16" or "fp16"; wait_s
-    as for cpu_precision_probe."""
+def resolve_mixed_precision(setting, device_type):
+    """(accelerate's mixed_precision, a line saying why) for "auto", "no", "bf16" or "fp16"."""
     if setting != "auto":
         return setting, f"mixed precision: {setting} (as set)"
-    choice, why = auto_precision(device_type, wait_s)
+    choice, why = auto_precision(device_type)
     return choice, f"mixed precision: {choice} ({why})"

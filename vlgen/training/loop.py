@@ -81,12 +81,10 @@ def _holds_a_run(output):
 
 def agreed_mixed_precision(setting):
     """accelerate's mixed_precision for a setting ("auto" probes the machine: vlgen.core.precision),
-    decided before the Accelerator exists (it takes the setting when it is made): the first process
-    of each machine measures and caches, the others of a launch read its result."""
+    decided before the Accelerator exists (it takes the setting when it is made)."""
     use_cpu = os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes")
     device_type = "cuda" if torch.cuda.is_available() and not use_cpu else "cpu"
-    first_here = int(os.environ.get("LOCAL_RANK", "0")) == 0
-    choice, why = resolve_mixed_precision(setting, device_type, wait_s=0.0 if first_here else 60.0)
+    choice, why = resolve_mixed_precision(setting, device_type)
     if setting == "auto" and int(os.environ.get("RANK", "0")) == 0:
         print(why, file=sys.stderr)
     return choice

@@ -1,3 +1,9 @@
+import os
+import signal
+import socket
+import subprocess
+import sys
+
 import pytest
 import torch
 from PIL import Image
@@ -64,3 +70,28 @@ def interrupt_training_after(monkeypatch, steps):
         return original(self, batch)
 
     monkeypatch.setattr(Run, "train_step", train_step)
+
+
+def two_process_launch():
+    """`accelerate launch` of two CPU processes (torchrun, gloo; with ACCELERATE_USE_CPU=true) on a
+    port of their own: a launch never meets the store of another one. `--cpu` would start one."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    return [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+            "--num_machines", "1", "--main_process_port", str(port), "--mixed_precision", "no",
+            "--dynamo_backend", "no"]
+
+
+def run_launch(command, env, timeout=240):
+    """Run a launch to the end; one that hangs fails with every process's Python stack (faulthandler
+    prints them on SIGABRT) instead of a bare timeout."""
+    process = subprocess.Popen(command, env={**env, "PYTHONFAULTHANDLER": "1"}, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        stdout, stderr = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGABRT)
+        stdout, stderr = process.communicate()
+        pytest.fail(f"{' '.join(command[:8])} ... did not end in {timeout} s; its stacks:\n{stderr[-8000:]}")
+    return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)

@@ -2,13 +2,13 @@
 import os
 import shutil
 import signal
-import subprocess
 import sys
 
 import numpy as np
 import pytest
 import torch
 from accelerate.state import AcceleratorState
+from conftest import run_launch, two_process_launch
 from PIL import Image
 from test_pipelines import tiny_pipeline
 
@@ -223,13 +223,10 @@ def test_grid_has_a_row_per_label_and_shows_the_sampler_steps(pipeline_dir, tmp_
 def test_two_processes_write_the_same_npz_as_one(pipeline_dir, tmp_path):
     """accelerate launch with two CPU processes (torchrun, gloo) vs one process: identical bytes."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "true"}
-    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_machines", "1",
-              "--mixed_precision", "no", "--dynamo_backend", "no"]  # --cpu would start one process only
-    commands = {"one": [sys.executable, "-m", "vlgen", "sample"],
-                "two": [*launch, "--num_processes", "2", "-m", "vlgen", "sample"]}
+    commands = {"one": [sys.executable, "-m", "vlgen", "sample"], "two": [*two_process_launch(), "-m", "vlgen", "sample"]}
     for name, command in commands.items():
-        result = subprocess.run([*command, "--pipeline", str(pipeline_dir), *ARGS, "--out", str(tmp_path / f"{name}.npz")],
-                                env=env, capture_output=True, text=True, timeout=300)
+        result = run_launch([*command, "--pipeline", str(pipeline_dir), *ARGS, "--out", str(tmp_path / f"{name}.npz")],
+                            env)
         assert result.returncode == 0, result.stderr[-3000:]
         assert f"11 images from {1 if name == 'one' else 2} process" in result.stdout
     one, two = np.load(tmp_path / "one.npz"), np.load(tmp_path / "two.npz")

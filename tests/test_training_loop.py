@@ -1,7 +1,6 @@
 """The training loop: EMA, atomic checkpoints, exact resume, NaN stop, 2-process DDP, learning."""
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -13,7 +12,7 @@ from accelerate.state import AcceleratorState
 from PIL import Image
 from safetensors.torch import load_file
 
-from conftest import Interrupted, interrupt_training_after, tiny_vae, write_image_folder
+from conftest import Interrupted, interrupt_training_after, run_launch, tiny_vae, two_process_launch, write_image_folder
 from pipelines import load_pipeline
 from vlgen.commands.export import export_checkpoint
 from vlgen.core.optimizer import create_adamw
@@ -321,15 +320,13 @@ def test_two_processes_equal_one_process_on_the_combined_batch_and_resume(tmp_pa
     overrides = [*TINY, *FRAMEWORKS["flow"], "logging.checkpoint_every=3"]
     args = [arg for override in overrides for arg in ("--set", override)]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "true"}
-    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "vlgen", "train"]
+    launch = [*two_process_launch(), "-m", "vlgen", "train"]
     runs = {"one": ([sys.executable, "-m", "vlgen", "train"], ["train.max_steps=3"]),
             "two": (launch, ["train.max_steps=3"]),
             "one-5": ([sys.executable, "-m", "vlgen", "train"], ["train.max_steps=5"])}
     for name, (command, extra) in runs.items():
-        result = subprocess.run([*command, *args, *(a for e in extra for a in ("--set", e)),
-                                 "--set", f"logging.output_dir={tmp_path / name}"], env=env, capture_output=True,
-                                text=True, timeout=300)
+        result = run_launch([*command, *args, *(a for e in extra for a in ("--set", e)),
+                             "--set", f"logging.output_dir={tmp_path / name}"], env)
         assert result.returncode == 0, result.stderr[-3000:]
     assert (tmp_path / "two/checkpoints/step-0000003/rng-1.pt").is_file()  # a second process took part
     one, two = weights(tmp_path / "one/checkpoints/step-0000003"), weights(tmp_path / "two/checkpoints/step-0000003")
@@ -340,9 +337,8 @@ def test_two_processes_equal_one_process_on_the_combined_batch_and_resume(tmp_pa
     for name in one:
         torch.testing.assert_close(two[name], one[name], rtol=0, atol=1e-6)
 
-    resumed = subprocess.run([*launch, *args, "--set", "train.max_steps=5", "--set",
-                              f"logging.output_dir={tmp_path / 'two'}", "--resume", "latest"], env=env,
-                             capture_output=True, text=True, timeout=300)
+    resumed = run_launch([*launch, *args, "--set", "train.max_steps=5", "--set", f"logging.output_dir={tmp_path / 'two'}",
+                          "--resume", "latest"], env)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resumed from step 3" in resumed.stdout + resumed.stderr
     straight = weights(tmp_path / "one-5/checkpoints/step-0000005")

@@ -1,5 +1,6 @@
-"""What the DDPM and flow pipelines share: components, class labels, noise, guidance, decoding and
-output formats. A subclass only says how to sample (its `sample` method)."""
+"""What the DDPM and flow pipelines share: components, class labels, noise, guidance, the sampler
+(the scheduler component), decoding and output formats. A subclass says how its model's output
+meets a diffusers scheduler (`scheduler_output`) and how vlgen's own sampler runs (`sample`)."""
 import difflib
 import numbers
 
@@ -7,13 +8,17 @@ import torch
 from diffusers import DiffusionPipeline, ImagePipelineOutput
 from diffusers.image_processor import VaeImageProcessor
 
-from pipelines.options import check_sampler_options
+from pipelines.samplers import DDPMSampler, FlowSampler
+from pipelines.schedulers import (DEFAULT_STEPS, check_fits, make_scheduler, run_scheduler, step_scheduler,
+                                  with_options)
 from sampling.noise import randn
 from vlgen.core.choices import check_choice
 from vlgen.core.guidance import classifier_free_guidance
 from vlgen.models.vae import latent_scaling
 
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
+SAMPLER_OPTIONS = ("sampler", "method", "eta", "clip_denoised", "atol", "rtol", "diffusion_form", "diffusion_norm",
+                   "last_step", "last_step_size")  # call options of earlier versions, now the scheduler's
 
 
 def label_names(value):
@@ -32,21 +37,44 @@ def label_index(id2label):
 
 
 class ClassConditionalPipeline(DiffusionPipeline):
-    """Components: transformer (a VisionLLaMADenoiser), scheduler (the sampler settings), vae (an
-    AutoencoderKL, or None for a pixel-space model); config: id2label."""
+    """Components: transformer (a VisionLLaMADenoiser), scheduler (the sampler: vlgen's own or a
+    diffusers scheduler that fits the model, see pipelines.schedulers), vae (an AutoencoderKL, or
+    None for a pixel-space model); config: id2label, and process, the training process of the
+    model (kind "ddpm": noise_schedule, diffusion_steps, prediction; kind "flow": path,
+    prediction, sample_eps)."""
 
     _optional_components = ["vae"]
     model_cpu_offload_seq = "transformer->vae"
-    SAMPLER_OPTIONS = {}  # sampler name -> the option names it takes; set by each subclass
+    KIND = None  # the process kind the subclass samples: "ddpm" or "flow"
 
-    def __init__(self, transformer, scheduler, vae=None, id2label=None):
+    def __init__(self, transformer, scheduler, vae=None, id2label=None, process=None):
         super().__init__()
+        if not isinstance(process, dict) or process.get("kind") != self.KIND:
+            raise ValueError(f"{type(self).__name__} needs the model's training process (a dict of kind "
+                             f"{self.KIND!r}), got {process!r}; a pipeline directory without one was written by an "
+                             "earlier vlgen: export it again from its checkpoint (`vlgen export CHECKPOINT --out DIR`)")
         self.register_modules(transformer=transformer, scheduler=scheduler, vae=vae)
         id2label = {int(key): str(value) for key, value in (id2label or {}).items()}  # JSON keys are strings
-        self.register_to_config(id2label=id2label)  # saved in model_index.json next to the components
+        self.register_to_config(id2label=id2label, process=dict(process))  # saved in model_index.json
         self.labels = label_index(id2label)
         self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1) if vae is not None else 1
         self.image_processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor)
+
+    @property
+    def learn_sigma(self):
+        return self.transformer.out_channels == 2 * self.transformer.config.in_channels
+
+    def use_sampler(self, name=None, **options):
+        """Make the scheduler component the sampler `name`, fitted to the model (see
+        pipelines.schedulers.SCHEDULERS: "ddpm", "ddim", "dpm-solver++", ... for DDPM models;
+        "ode", "sde", "flow-euler", "flow-heun" for flow models), with options for its constructor
+        (name None: the current scheduler with these options). The same as
+        `pipe.scheduler = X.from_config(pipe.scheduler.config, **options)`; returns the pipeline."""
+        if name is None:
+            self.scheduler = with_options(self.scheduler, **options)
+        else:
+            self.scheduler = make_scheduler(self.config.process, self.learn_sigma, name, **options)
+        return self
 
     def get_label_ids(self, class_labels):
         """Class ids (a list of ints) from ids, label names (any name of id2label), or a mix."""
@@ -107,32 +135,48 @@ class ClassConditionalPipeline(DiffusionPipeline):
         scale, shift = latent_scaling(self.vae)
         return self.vae.decode((x / scale + shift).to(self.vae.dtype)).sample.float()
 
-    def sample(self, denoise, noise, labels, generator, sampler, num_inference_steps, progress, options):
-        """The model's samples from noise; each subclass runs its own samplers. sampler and its
-        options are checked; num_inference_steps is None for the settings' default."""
+    def sample(self, denoise, noise, labels, generator, num_inference_steps, progress):
+        """The model's samples from noise by vlgen's own sampler (the scheduler component)."""
+        raise NotImplementedError
+
+    def scheduler_output(self, denoise, labels, scheduler):
+        """model_output(x, t) for a diffusers scheduler's step at its timestep t."""
         raise NotImplementedError
 
     @torch.no_grad()
     def __call__(self, class_labels, guidance_scale=4.0, num_inference_steps=None, generator=None, height=None,
-                 width=None, latents=None, output_type="pil", return_dict=True, guided_channels=None,
-                 guidance_interval=None, **sampler_options):
-        """Sample one image per class label.
+                 width=None, latents=None, output_type="pil", return_dict=True, callback_on_step_end=None,
+                 callback_on_step_end_tensor_inputs=("latents",), guided_channels=None, guidance_interval=None,
+                 **removed):
+        """Sample one image per class label with the scheduler component (`use_sampler` swaps it).
 
         class_labels: ids or label names (one, or a list). guidance_scale: classifier-free guidance
-        (1 = the conditional model, no guidance). num_inference_steps: default from the scheduler
-        settings. generator: a torch.Generator, or a list of one per image (each image then depends
-        on its own generator only). height, width: in pixels; default the trained size, other
-        sizes use the auto-scaled 2D RoPE (AS2DRoPE). latents: starting noise instead of drawing it.
-        output_type: "pil", "np" (NHWC in [0, 1]), "pt" (NCHW in [0, 1]) or "latent" (the raw
-        samples, not decoded). guided_channels: how many leading channels to guide (default all
-        prediction channels; DiT's code guides 3). guidance_interval: (t_low, t_high) where CFG
-        applies. sampler_options: the sampler and its options (see the subclass).
+        (1 = the conditional model, no guidance). num_inference_steps: default the scheduler's own
+        (vlgen's samplers) or 20 (diffusers schedulers). generator: a torch.Generator, or a list
+        of one per image (each image then depends on its own generator only). height, width: in
+        pixels; default the trained size, other sizes use the auto-scaled 2D RoPE (AS2DRoPE).
+        latents: starting noise instead of drawing it. output_type: "pil", "np" (NHWC in [0, 1]),
+        "pt" (NCHW in [0, 1]) or "latent" (the raw samples, not decoded).
+        callback_on_step_end(pipe, i, t, {"latents": x}) -> dict: after each step of a diffusers
+        scheduler; a returned "latents" replaces x. guided_channels: how many leading channels to
+        guide (default all prediction channels; DiT's code guides 3). guidance_interval:
+        (t_low, t_high) of model timesteps where CFG applies.
         """
+        if removed:
+            moved = sorted(set(removed) & set(SAMPLER_OPTIONS))
+            if moved:
+                raise TypeError(f"{', '.join(moved)} belong to the sampler, which is the scheduler component: "
+                                "pipe.use_sampler(NAME, **options), e.g. pipe.use_sampler('ddim', eta=0.5)")
+            raise TypeError(f"unexpected argument(s) {', '.join(sorted(removed))}")
         check_choice("output_type", output_type, OUTPUT_TYPES)
+        unknown = sorted(set(callback_on_step_end_tensor_inputs) - {"latents"})
+        if unknown:
+            raise ValueError(f"callback_on_step_end_tensor_inputs can name 'latents' only, got {unknown}")
         channels = self.transformer.config.in_channels
         if self.vae is None and output_type != "latent" and channels not in (1, 3):
             raise ValueError(f"this pixel-space model has {channels} channels, which are not an image: use "
                              "output_type='latent' (or add the VAE that decodes them)")
+        check_fits(self.scheduler, self.config.process, self.learn_sigma)
         labels = self.get_label_ids(class_labels)
         device = self._execution_device
         shape = self._latent_shape(len(labels), height, width)
@@ -146,11 +190,24 @@ class ClassConditionalPipeline(DiffusionPipeline):
         else:
             noise = latents.to(device, torch.float32)
         denoise = self._denoiser(guidance_scale, guided_channels, guidance_interval)
-        progress = not getattr(self, "_progress_bar_config", {}).get("disable", False)
         labels = torch.tensor(labels, device=device)
-        sampler = sampler_options.pop("sampler", None) or self.scheduler.config.sampler
-        check_sampler_options(sampler, sampler_options, self.SAMPLER_OPTIONS)
-        x = self.sample(denoise, noise, labels, generator, sampler, num_inference_steps, progress, sampler_options)
+        if isinstance(self.scheduler, (DDPMSampler, FlowSampler)):
+            if callback_on_step_end is not None:
+                raise ValueError("callback_on_step_end runs with a diffusers scheduler (step by step); vlgen's own "
+                                 "samplers run whole (the ODE inside torchdiffeq): use e.g. "
+                                 "pipe.use_sampler('diffusers-ddpm') or 'flow-euler'")
+            steps = self.scheduler.config.num_inference_steps if num_inference_steps is None else num_inference_steps
+            progress = not getattr(self, "_progress_bar_config", {}).get("disable", False)
+            x = self.sample(denoise, noise, labels, generator, steps, progress)
+        else:
+            steps = DEFAULT_STEPS if num_inference_steps is None else num_inference_steps
+            scheduler = step_scheduler(self.scheduler)
+            callback = None
+            if callback_on_step_end is not None:
+                def callback(i, t, x):
+                    return callback_on_step_end(self, i, t, {"latents": x}).get("latents", x)
+            x = run_scheduler(scheduler, self.scheduler_output(denoise, labels, scheduler), noise, steps, generator,
+                              self.progress_bar, flow=self.KIND == "flow", callback=callback)
         images = x if output_type == "latent" else self._decode(x)
         if output_type != "latent":
             images = self.image_processor.postprocess(images, output_type=output_type)

@@ -1,22 +1,44 @@
 """DiTLLaMAPipeline: class-conditional images from a DDPM-trained denoiser (DiT-LLaMA or DiT)."""
 from pipelines.base import ClassConditionalPipeline
-from pipelines.settings import DDPMSettings
+from pipelines.schedulers import timestep_batch, uses_learned_variance
 from sampling import sample_ddim, sample_ddpm
+from vlgen.diffusion import create_diffusion
 
-SAMPLERS = {"ddpm": sample_ddpm, "ddim": sample_ddim}
+
+def respaced_process(process, sampler, num_inference_steps, learn_sigma):
+    """The model's GaussianDiffusion respaced to num_inference_steps ("ddimN" spacing for DDIM, as ADM)."""
+    if num_inference_steps < 2:  # the clipped posterior variance of a respaced process needs two steps (ADM)
+        raise ValueError(f"DDPM and DDIM sampling need num_inference_steps >= 2, got {num_inference_steps}")
+    if num_inference_steps > process["diffusion_steps"]:
+        raise ValueError(f"num_inference_steps={num_inference_steps} exceeds the {process['diffusion_steps']} steps "
+                         "the model was trained with")
+    spacing = f"ddim{num_inference_steps}" if sampler == "ddim" else str(num_inference_steps)
+    return create_diffusion(spacing, process["noise_schedule"], process["diffusion_steps"], process["prediction"],
+                            learn_sigma=learn_sigma)
 
 
 class DiTLLaMAPipeline(ClassConditionalPipeline):
-    """Sampler options: sampler="ddpm" (ancestral, DiT's) or "ddim"; eta (DDIM noise, default 0);
-    clip_denoised (clip predicted x0 to [-1, 1], default False as DiT)."""
+    """Samplers (pipe.use_sampler): vlgen's "ddpm" (ancestral, DiT's; clip_denoised) and "ddim"
+    (eta, clip_denoised), and diffusers' DDPM-family schedulers over the model's betas
+    ("diffusers-ddpm", "diffusers-ddim", "dpm-solver++", "dpm-solver++-karras", "unipc", "euler",
+    "euler-ancestral", "heun", or any fitting one set as pipe.scheduler)."""
 
-    SAMPLER_OPTIONS = {"ddpm": ("clip_denoised",), "ddim": ("eta", "clip_denoised")}
+    KIND = "ddpm"
 
-    def __init__(self, transformer, scheduler: DDPMSettings, vae=None, id2label=None):
-        super().__init__(transformer, scheduler, vae, id2label)
+    def sample(self, denoise, noise, labels, generator, num_inference_steps, progress):
+        settings = self.scheduler.config
+        diffusion = respaced_process(self.config.process, settings.sampler, num_inference_steps, self.learn_sigma)
+        if settings.sampler == "ddim":
+            return sample_ddim(denoise, diffusion, noise, eta=settings.eta, clip_denoised=settings.clip_denoised,
+                               generator=generator, progress=progress, y=labels)
+        return sample_ddpm(denoise, diffusion, noise, clip_denoised=settings.clip_denoised, generator=generator,
+                           progress=progress, y=labels)
 
-    def sample(self, denoise, noise, labels, generator, sampler, num_inference_steps, progress, options):
-        steps = self.scheduler.config.num_inference_steps if num_inference_steps is None else num_inference_steps
-        cfg = self.transformer.config
-        diffusion = self.scheduler.process(sampler, steps, learn_sigma=self.transformer.out_channels == 2 * cfg.in_channels)
-        return SAMPLERS[sampler](denoise, diffusion, noise, generator=generator, progress=progress, y=labels, **options)
+    def scheduler_output(self, denoise, labels, scheduler):
+        channels = self.transformer.config.in_channels
+        keep = 2 * channels if uses_learned_variance(scheduler) else channels  # only DDPMScheduler takes the variance
+
+        def model_output(x, t):
+            return denoise(x, timestep_batch(t, x), labels)[:, :keep]
+
+        return model_output

@@ -1,35 +1,38 @@
 """SiTLLaMAPipeline: class-conditional images from a flow-matching denoiser (SiT-LLaMA or SiT)."""
 from pipelines.base import ClassConditionalPipeline
-from pipelines.settings import FlowSettings
+from pipelines.schedulers import flow_model_output, flow_time, timestep_batch
 from sampling import sample_ode, sample_sde
 from sampling.flow import ADAPTIVE_SOLVERS
+from vlgen.transport import Transport
 
 
 class SiTLLaMAPipeline(ClassConditionalPipeline):
-    """Sampler options: sampler="ode" (probability-flow ODE, SiT's default) with method (a
-    torchdiffeq solver: adaptive "dopri5" with atol/rtol, or fixed-step "euler", "heun", "rk4",
-    ... taking num_inference_steps steps), or sampler="sde" with method "euler" / "heun",
-    diffusion_form, diffusion_norm, last_step, last_step_size (see sampling.sample_sde)."""
+    """Samplers (pipe.use_sampler): vlgen's "ode" (the probability-flow ODE by torchdiffeq, SiT's
+    default: adaptive "dopri5" with atol / rtol, or a fixed-step method such as "euler", "heun",
+    "rk4" over num_inference_steps steps) and "sde" (method "euler" / "heun", diffusion_form,
+    diffusion_norm, last_step, last_step_size; see sampling.sample_sde), and diffusers'
+    flow-matching schedulers ("flow-euler", "flow-heun") for Linear-path velocity models."""
 
-    SAMPLER_OPTIONS = {
-        "ode": ("method", "atol", "rtol"),
-        "sde": ("method", "diffusion_form", "diffusion_norm", "last_step", "last_step_size"),
-    }
+    KIND = "flow"
 
-    def __init__(self, transformer, scheduler: FlowSettings, vae=None, id2label=None):
-        super().__init__(transformer, scheduler, vae, id2label)
+    def sample(self, denoise, noise, labels, generator, num_inference_steps, progress):
+        settings, method = self.scheduler.config, self.scheduler.method
+        process = self.config.process
+        transport = Transport(process["path"], process["prediction"], sample_eps=process["sample_eps"])
+        if settings.sampler == "sde":
+            return sample_sde(denoise, transport, noise, method=method, diffusion_form=settings.diffusion_form,
+                              diffusion_norm=settings.diffusion_norm, last_step=settings.last_step,
+                              last_step_size=settings.last_step_size, num_steps=num_inference_steps,
+                              generator=generator, progress=progress, y=labels)
+        if method.lower() in ADAPTIVE_SOLVERS and num_inference_steps != settings.num_inference_steps:
+            raise ValueError(f"the ODE method {method!r} is adaptive (its steps follow atol/rtol): leave "
+                             "num_inference_steps out, or choose a fixed-step method: "
+                             "pipe.use_sampler('ode', method='euler') or 'heun'")
+        return sample_ode(denoise, transport, noise, method=method, num_steps=num_inference_steps,
+                          atol=settings.atol, rtol=settings.rtol, progress=progress, y=labels)
 
-    def sample(self, denoise, noise, labels, generator, sampler, num_inference_steps, progress, options):
-        settings = self.scheduler.config
-        if sampler == settings.sampler:
-            options.setdefault("method", settings.method)  # the saved method belongs to the saved sampler
-        steps = settings.num_inference_steps if num_inference_steps is None else num_inference_steps
-        transport = self.scheduler.transport
-        if sampler == "sde":
-            return sample_sde(denoise, transport, noise, num_steps=steps, generator=generator, progress=progress,
-                              y=labels, **options)
-        if num_inference_steps is not None and options.get("method", "dopri5").lower() in ADAPTIVE_SOLVERS:
-            raise ValueError(f"the ODE method {options.get('method', 'dopri5')!r} is adaptive (its steps follow "
-                             "atol/rtol): leave num_inference_steps out, or choose a fixed-step method such as "
-                             "method='euler' or 'heun'")
-        return sample_ode(denoise, transport, noise, num_steps=steps, progress=progress, y=labels, **options)
+    def scheduler_output(self, denoise, labels, scheduler):
+        def model_output(x, t):
+            return flow_model_output(denoise(x, flow_time(timestep_batch(t, x)), labels))
+
+        return model_output

@@ -4,26 +4,33 @@ from pathlib import Path
 
 from pipelines.ddpm import DiTLLaMAPipeline
 from pipelines.flow import SiTLLaMAPipeline
-from pipelines.settings import DDPMSettings, FlowSettings
+from pipelines.schedulers import make_scheduler
 from vlgen.objectives import create_objective
 
-PIPELINES = {cls.__name__: cls for cls in (DiTLLaMAPipeline, SiTLLaMAPipeline)}
+PIPELINES = {cls.KIND: cls for cls in (DiTLLaMAPipeline, SiTLLaMAPipeline)}
 
 
-def create_pipeline(transformer, objective, class_names, vae=None, **sampler_defaults):
-    """The pipeline for a denoiser trained with objective (the training config's objective
-    section as a dict: kind "ddpm" or "flow" and its settings). sampler_defaults: the saved
-    sampler, num_inference_steps (and method, for flow)."""
-    id2label = dict(enumerate(class_names))
-    process = create_objective(objective, learn_sigma=transformer.out_channels == 2 * transformer.config.in_channels)
+def training_process(objective, learn_sigma):
+    """The pipeline's record of how the model was trained (pipe.config.process), every default
+    resolved: the objective section of a training config as a dict (kind "ddpm" or "flow")."""
+    process = create_objective(objective, learn_sigma=learn_sigma)
     if process.kind == "ddpm":
-        settings = DDPMSettings(noise_schedule=objective["noise_schedule"],
-                                diffusion_steps=objective["diffusion_steps"], prediction=process.prediction,
-                                **sampler_defaults)
-        return DiTLLaMAPipeline(transformer, settings, vae, id2label)
-    settings = FlowSettings(path=process.path_type, prediction=process.prediction, sample_eps=process.sample_eps,
-                            **sampler_defaults)
-    return SiTLLaMAPipeline(transformer, settings, vae, id2label)
+        return {"kind": "ddpm", "noise_schedule": objective.get("noise_schedule") or "linear",
+                "diffusion_steps": process.num_timesteps, "prediction": process.prediction}
+    return {"kind": "flow", "path": process.path_type, "prediction": process.prediction,
+            "sample_eps": process.sample_eps}
+
+
+def create_pipeline(transformer, objective, class_names, vae=None, sampler=None, **options):
+    """The pipeline for a denoiser trained with objective (the training config's objective
+    section as a dict). sampler: the scheduler's name (pipelines.schedulers.SCHEDULERS; default
+    the objective's: DiT's 250-step "ddpm", SiT's "ode" with dopri5); options go to it (e.g.
+    num_inference_steps for vlgen's samplers, method="heun")."""
+    learn_sigma = transformer.out_channels == 2 * transformer.config.in_channels
+    process = training_process(objective, learn_sigma)
+    default = create_objective(objective, learn_sigma=learn_sigma).default_sampler
+    scheduler = make_scheduler(process, learn_sigma, sampler or default, **options)
+    return PIPELINES[process["kind"]](transformer, scheduler, vae, dict(enumerate(class_names)), process)
 
 
 def load_pipeline(path, **kwargs):
@@ -34,6 +41,7 @@ def load_pipeline(path, **kwargs):
         raise FileNotFoundError(f"{path} is not a pipeline directory (no model_index.json); make one with "
                                 "`vlgen export CHECKPOINT --out DIR`")
     name = json.loads(index.read_text()).get("_class_name")
-    if name not in PIPELINES:
-        raise ValueError(f"{index} names the pipeline class {name!r}; vlgen loads {', '.join(PIPELINES)}")
-    return PIPELINES[name].from_pretrained(path, **kwargs)
+    classes = {cls.__name__: cls for cls in PIPELINES.values()}
+    if name not in classes:
+        raise ValueError(f"{index} names the pipeline class {name!r}; vlgen loads {', '.join(classes)}")
+    return classes[name].from_pretrained(path, **kwargs)

@@ -55,6 +55,13 @@ def test_train_then_export(tmp_path):
                  "--option", "method=euler")
     assert result.returncode == 0, result.stderr
     assert "2 labels x 2 images" in result.stdout and (tmp_path / "grid.png").is_file()
+    result = run("sample", "--pipeline", str(tmp_path / "pipe"), "--grid", str(tmp_path / "euler.png"),
+                 "--labels", "circle", "--per-label", "2", "--num-inference-steps", "3", "--sampler", "flow-euler")
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "euler.png").is_file()
+    result = run("sample", "--pipeline", str(tmp_path / "pipe"), "--grid", str(tmp_path / "bad.png"),
+                 "--sampler", "dpm-solver++")
+    assert result.returncode == 2 and "unknown sampler 'dpm-solver++'" in result.stderr
     result = run("sample", "--pipeline", str(tmp_path / "pipe"), "--out", str(tmp_path / "s.npz"), "--num-samples",
                  "3", "--num-inference-steps", "2", "--option", "method=euler", "--dtype", "bfloat16")
     assert result.returncode == 0, result.stderr

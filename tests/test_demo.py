@@ -51,7 +51,7 @@ def test_a_reduced_demo_writes_every_artefact(tmp_path, framework, capsys):
     if framework == "sit":
         assert run_config.objective.time_sampling == "logit-normal"
     else:
-        assert run_config.objective.noise_schedule == "cosine" and pipe.scheduler.config.noise_schedule == "cosine"
+        assert run_config.objective.noise_schedule == "cosine" and pipe.config.process["noise_schedule"] == "cosine"
 
     AcceleratorState._reset_state(reset_partial_state=True)
     assert main(args) == 2  # a non-empty --out is kept unless --overwrite

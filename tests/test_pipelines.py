@@ -115,12 +115,17 @@ def test_bad_labels_are_clear_errors(labels, message):
 
 def test_bad_call_arguments_are_clear_errors():
     pipe = tiny_pipeline("flow")
-    with pytest.raises(ValueError, match="unknown option"):
+    with pytest.raises(TypeError, match="unexpected argument.* atoll"):
         pipe([0], atoll=1e-3)
+    with pytest.raises(TypeError, match=r"method, sampler belong to the sampler.*use_sampler\(NAME"):
+        pipe([0], sampler="ode", method="euler")
+    with pytest.raises(ValueError, match="unknown option.* atoll for sampler 'ode'"):
+        pipe.use_sampler("ode", atoll=1e-3)
     with pytest.raises(ValueError, match="unknown sampler 'ddim'"):
-        pipe([0], sampler="ddim")
+        pipe.use_sampler("ddim")
     with pytest.raises(ValueError, match="is adaptive"):
-        pipe([0], method="dopri5", num_inference_steps=10)
+        pipe.use_sampler("ode", method="dopri5")([0], num_inference_steps=10)
+    pipe = tiny_pipeline("flow")
     with pytest.raises(ValueError, match="multiples of 2"):
         pipe([0], height=15)
     with pytest.raises(ValueError, match="latents have shape"):
@@ -158,8 +163,8 @@ def test_sampler_choice_runs_that_sampler(kind, sampler, options):
                             y=labels)
     else:
         direct = sample_ode(pipe.transformer, Transport(), noise, num_steps=4, progress=False, y=labels, **options)
-    out = pipe([1, 8], guidance_scale=1.0, latents=noise, generator=seeded(), output_type="latent", sampler=sampler,
-               **options).images
+    pipe.use_sampler(sampler, num_inference_steps=4, **options)
+    out = pipe([1, 8], guidance_scale=1.0, latents=noise, generator=seeded(), output_type="latent").images
     torch.testing.assert_close(out, direct, rtol=0, atol=1e-6)
 
 

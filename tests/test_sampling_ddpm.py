@@ -1,11 +1,12 @@
 """DDPM / DDIM samplers: oracle Gaussian data, diffusers equivalence, CFG, failure modes, learning."""
 import pytest
 import torch
+from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
 
 from conftest import tiny_model
 from sampling import classifier_free_guidance, sample_ddim, sample_ddpm
 from vlgen.diffusion import create_diffusion
-from vlgen.diffusion.diffusers_schedulers import diffusers_scheduler
+from vlgen.diffusion.diffusers_schedulers import diffusers_config
 
 MU, STD = 0.5, 0.3  # Gaussian "data": every pixel ~ N(0.5, 0.3^2)
 ALPHAS_CUMPROD = create_diffusion().tables.alphas_cumprod
@@ -39,7 +40,7 @@ def test_oracle_denoiser_reproduces_the_data_distribution(sampler, spacing, vari
 
 
 def test_diffusers_dpm_solver_configured_from_our_schedule_reproduces_the_data():
-    scheduler = diffusers_scheduler("dpm-solver", learn_sigma=False)
+    scheduler = DPMSolverMultistepScheduler.from_config(diffusers_config(learn_sigma=False))
     scheduler.set_timesteps(100)  # its discretisation error is < 1% of the std from here on
     x = prior_noise(2000).float()
     for t in scheduler.timesteps:
@@ -55,8 +56,9 @@ def test_ddpm_sampler_equals_diffusers_ddpm_scheduler():
     diffusion = create_diffusion("25")
     ours = sample_ddpm(model, diffusion, noise, generator=torch.Generator().manual_seed(1), progress=False, y=y)
 
-    scheduler = diffusers_scheduler("ddpm")
-    scheduler.set_timesteps(timesteps=diffusion.timestep_map[::-1])
+    scheduler = DDPMScheduler.from_config(diffusers_config())
+    scheduler.set_timesteps(25)  # "linspace" spacing: the steps of our respaced "25"
+    assert scheduler.timesteps.tolist() == list(diffusion.timestep_map[::-1])
     x, generator = noise.clone(), torch.Generator().manual_seed(1)
     with torch.no_grad():
         for t in scheduler.timesteps:
@@ -70,7 +72,7 @@ def test_ddim_sampler_equals_diffusers_ddim_scheduler():
     y = torch.tensor([4, 5, 6])
     noise = torch.randn(3, 4, 16, 16, generator=torch.Generator().manual_seed(2))
     ours = sample_ddim(model, create_diffusion("ddim10"), noise, progress=False, y=y)
-    scheduler = diffusers_scheduler("ddim")
+    scheduler = DDIMScheduler.from_config(diffusers_config(), timestep_spacing="leading")  # our "ddimN" stride
     scheduler.set_timesteps(10)
     x = noise.clone()
     with torch.no_grad():

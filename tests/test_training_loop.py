@@ -196,7 +196,7 @@ def test_training_on_latents_shape_mismatch_and_export(tmp_path):
     out = export_checkpoint(tmp_path / "run" / "checkpoints" / "step-0000002", tmp_path / "pipe")
     pipe = load_pipeline(out)
     assert pipe.vae.config.scaling_factor == 0.5 and pipe.vae.config.shift_factor == 0.1
-    assert pipe.vae_scale_factor == 2 and pipe(0, num_inference_steps=2, method="euler").images[0].size == (12, 12)
+    assert pipe.vae_scale_factor == 2 and pipe.use_sampler("ode", method="euler")(0, num_inference_steps=2).images[0].size == (12, 12)
 
 
 def test_mixed_precision_and_gradient_checkpointing_switches(tmp_path):
@@ -246,7 +246,7 @@ def test_export_writes_the_ema_weights(tmp_path):
         assert torch.equal(a, b)
     pipe = load_pipeline(out)
     assert type(pipe).__name__ == "SiTLLaMAPipeline" and pipe.config.id2label[4] == "star"
-    assert pipe.scheduler.config.path == run.config.objective.path
+    assert pipe.config.process["path"] == run.config.objective.path
     with pytest.raises(FileExistsError, match="pass --overwrite"):
         export_checkpoint(tmp_path / "run" / "checkpoints" / "step-0000002", tmp_path / "pipe")
     with pytest.raises(FileNotFoundError, match="not a training checkpoint"):

@@ -183,7 +183,10 @@ def _add_sample_arguments(parser):
     parser.add_argument("--guidance-scale", type=float, default=None,
                         help=f"classifier-free guidance (default {NPZ_GUIDANCE_SCALE} for --out, {GRID_GUIDANCE_SCALE} for --grid)")
     parser.add_argument("--num-inference-steps", type=int, default=None, help="default: the pipeline's settings")
-    parser.add_argument("--sampler", default=None, help="ddpm / ddim (DDPM models), ode / sde (flow models)")
+    parser.add_argument("--sampler", default=None,
+                        help="default: the pipeline's scheduler. DDPM models: ddpm, ddim, dpm-solver++, "
+                             "dpm-solver++-karras, unipc, euler, euler-ancestral, heun, diffusers-ddpm, diffusers-ddim; "
+                             "flow models: ode, sde, flow-euler, flow-heun")
     parser.add_argument("--option", dest="options", action="append", default=[], metavar="KEY=VALUE",
                         help="a sampler option, e.g. --option method=heun --option eta=0.5 (value read as YAML)")
     parser.add_argument("--resolution", type=int, default=None,

@@ -142,12 +142,13 @@ def real_images(resolution, per_class, seed):
 
 
 def sample_classes(pipe, sampler, args, device):
-    """samples_per_class images of every class by the given sampler options, (N, 3, H, W) in
-    [-1, 1], and their labels."""
+    """samples_per_class images of every class by the given sampler (its name under "sampler",
+    and its options), (N, 3, H, W) in [-1, 1], and their labels."""
+    options = dict(sampler)
+    pipe.use_sampler(options.pop("sampler"), **options)
     labels = torch.arange(ShapesDataset.num_classes).repeat(args.samples_per_class)
     generator = torch.Generator(device).manual_seed(args.seed)
-    images = pipe(labels.tolist(), guidance_scale=args.guidance_scale, generator=generator, output_type="pt",
-                  **sampler).images
+    images = pipe(labels.tolist(), guidance_scale=args.guidance_scale, generator=generator, output_type="pt").images
     return images.float().cpu() * 2 - 1, labels
 
 

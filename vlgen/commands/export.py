@@ -1,10 +1,12 @@
 """`vlgen export CKPT --out DIR`: a training checkpoint's EMA model as a pipeline directory
-(DiTLLaMAPipeline or SiTLLaMAPipeline, by objective), loaded with `load_pipeline(DIR)` or the
-class's `from_pretrained(DIR)`:
+(DiTLLaMAPipeline or SiTLLaMAPipeline, by objective), loaded with `load_pipeline(DIR)`, the
+class's `from_pretrained(DIR)`, or diffusers' `DiffusionPipeline.from_pretrained(DIR)` once
+`pipelines` is imported:
 
-    DIR/model_index.json  the pipeline class, its components and id2label
+    DIR/model_index.json  the pipeline class, its components, id2label and the training process
     DIR/transformer/      the EMA denoiser (config.json + safetensors)
-    DIR/scheduler/        the sampler settings (the training objective, default sampler)
+    DIR/scheduler/        the default sampler; its config carries the model's betas and prediction
+                          type, so `X.from_config(pipe.scheduler.config)` fits any diffusers scheduler
     DIR/vae/              the AutoencoderKL the latents came from (latent models only)
 """
 import math

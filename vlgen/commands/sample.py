@@ -49,8 +49,6 @@ def sampler_options(args):
         if not sep or not key.strip():
             raise ValueError(f"--option {text!r} is not of the form key=value (e.g. method=heun)")
         options[key.strip()] = yaml.safe_load(raw)
-    if args.sampler is not None:
-        options["sampler"] = args.sampler
     return options
 
 
@@ -59,7 +57,7 @@ def generate(pipe, labels, indices, args, guidance_scale):
     generators = [torch.Generator().manual_seed(sample_seed(args.seed, i)) for i in indices]
     size = args.resolution
     images = pipe(labels, guidance_scale=guidance_scale, num_inference_steps=args.num_inference_steps,
-                  generator=generators, height=size, width=size, output_type="pt", **sampler_options(args)).images
+                  generator=generators, height=size, width=size, output_type="pt").images
     return to_uint8(images * 2 - 1).permute(0, 2, 3, 1).cpu().numpy()
 
 
@@ -82,6 +80,8 @@ def _open_pipeline(args, device):
     with warnings.catch_warnings():  # every diffusers takes torch_dtype; the newest also say dtype and warn
         warnings.filterwarnings("ignore", "`torch_dtype` is deprecated", FutureWarning)
         pipe = load_pipeline(args.pipeline, torch_dtype=DTYPES[args.dtype]).to(device)
+    if args.sampler is not None or args.options:
+        pipe.use_sampler(args.sampler, **sampler_options(args))
     pipe.set_progress_bar_config(disable=True)  # the batches have their own bar
     return pipe
 
@@ -103,7 +103,8 @@ def _run_description(args, guidance_scale):
     """What the parts of an npz run depend on: resuming with anything else is refused."""
     return {"pipeline_files": pipeline_fingerprint(args.pipeline), "num_samples": args.num_samples,
             "batch_size": args.batch_size, "seed": args.seed, "guidance_scale": guidance_scale,
-            "num_inference_steps": args.num_inference_steps, "sampler_options": sampler_options(args),
+            "num_inference_steps": args.num_inference_steps, "sampler": args.sampler,
+            "sampler_options": sampler_options(args),
             "resolution": args.resolution, "dtype": args.dtype}
 
 

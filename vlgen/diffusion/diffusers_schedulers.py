@@ -1,32 +1,28 @@
-"""diffusers schedulers configured from our diffusion settings, so a trained model can also be
-sampled with DDPMScheduler, DDIMScheduler or DPMSolverMultistepScheduler."""
+"""The diffusers scheduler config of a Gaussian diffusion process: any diffusers DDPM-family
+scheduler made `from_config` of it samples over the same betas and prediction as
+create_diffusion(...) with these arguments.
+
+- betas are written out (`trained_betas`), so any schedule and step count carries over exactly;
+- `timestep_spacing="linspace"` is ADM's respacing ("250": round(linspace(0, T - 1, 250))), so
+  DDPMScheduler with N steps visits the steps of our N-step respaced process;
+- with learned sigma, `variance_type="learned_range"` makes DDPMScheduler use the model's
+  variance (ADM's learned range); DDIM, Euler, UniPC, ... take only the prediction channels.
+"""
 from vlgen.diffusion.schedules import beta_schedule
 
-_PREDICTION_TYPES = {"eps": "epsilon", "x0": "sample", "v": "v_prediction"}
-SCHEDULER_KINDS = ("ddpm", "ddim", "dpm-solver")
+PREDICTION_TYPES = {"eps": "epsilon", "x0": "sample", "v": "v_prediction"}  # ours -> diffusers'
 
 
-def diffusers_scheduler(kind="ddpm", noise_schedule="linear", diffusion_steps=1000, prediction="eps",
-                        learn_sigma=True, sigma_small=False):
-    """A diffusers scheduler over the same betas as create_diffusion(...) with these arguments.
-
-    With learned sigma, DDPMScheduler uses the learned-range variance; DDIM ignores the variance
-    channels (pass it only the first half of the model output); DPM-Solver drops them itself.
-    For a respaced DDPM process, call `set_timesteps(timesteps=diffusion.timestep_map[::-1])`.
-    """
-    from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
-
-    if kind not in SCHEDULER_KINDS:
-        raise ValueError(f"unknown scheduler kind {kind!r}; choose from {SCHEDULER_KINDS}")
-    common = dict(
-        num_train_timesteps=diffusion_steps,
-        trained_betas=beta_schedule(noise_schedule, diffusion_steps).tolist(),
-        prediction_type=_PREDICTION_TYPES[prediction],
-    )
-    if kind == "ddpm":
-        variance = "learned_range" if learn_sigma else ("fixed_small" if sigma_small else "fixed_large")
-        return DDPMScheduler(**common, variance_type=variance, clip_sample=False)
-    if kind == "ddim":
-        # "leading" spacing with offset 0 and alpha_bar_prev = 1 at the end equals our "ddimN".
-        return DDIMScheduler(**common, clip_sample=False, set_alpha_to_one=True, steps_offset=0, timestep_spacing="leading")
-    return DPMSolverMultistepScheduler(**common, variance_type="learned_range" if learn_sigma else None)
+def diffusers_config(noise_schedule="linear", diffusion_steps=1000, prediction="eps", learn_sigma=True,
+                     sigma_small=False):
+    variance = "learned_range" if learn_sigma else ("fixed_small" if sigma_small else "fixed_large")
+    return {
+        "num_train_timesteps": diffusion_steps,
+        "trained_betas": beta_schedule(noise_schedule, diffusion_steps).tolist(),
+        "prediction_type": PREDICTION_TYPES[prediction],
+        "variance_type": variance,
+        "timestep_spacing": "linspace",
+        "clip_sample": False,
+        "set_alpha_to_one": True,  # DDIM's last step lands on the data (alpha_bar_prev = 1), as ours
+        "steps_offset": 0,
+    }

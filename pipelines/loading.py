@@ -40,8 +40,12 @@ def load_pipeline(path, **kwargs):
     if not index.is_file():
         raise FileNotFoundError(f"{path} is not a pipeline directory (no model_index.json); make one with "
                                 "`vlgen export CHECKPOINT --out DIR`")
-    name = json.loads(index.read_text()).get("_class_name")
+    config = json.loads(index.read_text())
+    name = config.get("_class_name")
     classes = {cls.__name__: cls for cls in PIPELINES.values()}
     if name not in classes:
         raise ValueError(f"{index} names the pipeline class {name!r}; vlgen loads {', '.join(classes)}")
+    if "process" not in config:  # its scheduler is an earlier settings class that no longer exists
+        raise ValueError(f"{path} was exported by an earlier vlgen (model_index.json has no training process): "
+                         "export it again from its checkpoint with `vlgen export CHECKPOINT --out DIR --overwrite`")
     return classes[name].from_pretrained(path, **kwargs)

@@ -1,5 +1,7 @@
 """Pipelines with diffusers schedulers: every listed one runs, the equivalences with vlgen's own
 samplers, the flow time conversion, swaps that survive saving, generic loading, unfit schedulers."""
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -126,3 +128,25 @@ def test_callback_on_step_end_sees_and_replaces_the_latents():
     assert torch.equal(out, torch.zeros_like(out))
     with pytest.raises(ValueError, match="callback_on_step_end runs with a diffusers scheduler"):
         tiny_pipeline("flow")([0], callback_on_step_end=callback)
+
+
+def test_karras_sigmas_that_repeat_timesteps_on_the_cosine_schedule_are_refused():
+    """The cosine schedule's last alpha-bar is ~2e-9: Karras spacing puts most steps at t = 999,
+    where DPM-Solver's step lookup would go wrong (an IndexError deep in diffusers)."""
+    cosine = {**DDPM, "noise_schedule": "cosine"}
+    pipe = create_pipeline(tiny_model("DiT-LLaMA-S/2", in_channels=3), cosine, NAMES, sampler="dpm-solver++-karras")
+    pipe.set_progress_bar_config(disable=True)
+    with pytest.raises(ValueError, match="repeats timesteps over the model's schedule"):
+        pipe([0], num_inference_steps=10)
+    assert pipe.use_sampler("dpm-solver++")([0], num_inference_steps=10, output_type="np").images.shape == (1, 16, 16, 3)
+
+
+def test_a_pipeline_exported_by_an_earlier_version_asks_to_be_exported_again(tmp_path):
+    pipe = tiny_pipeline("flow")
+    pipe.save_pretrained(tmp_path / "pipe")
+    index = tmp_path / "pipe" / "model_index.json"
+    config = json.loads(index.read_text())
+    del config["process"]
+    index.write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="exported by an earlier vlgen.*vlgen export CHECKPOINT"):
+        load_pipeline(tmp_path / "pipe")

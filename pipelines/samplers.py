@@ -37,7 +37,7 @@ class DDPMSampler(SchedulerMixin, ConfigMixin):
     def __init__(self, sampler: str = "ddpm", num_inference_steps: int = 250, eta: float = 0.0,
                  clip_denoised: bool = False, num_train_timesteps: int = 1000, trained_betas: list | None = None,
                  prediction_type: str = "epsilon", variance_type: str = "learned_range",
-                 timestep_spacing: str = "linspace", clip_sample: bool = False, set_alpha_to_one: bool = True,
+                 timestep_spacing: str = "leading", clip_sample: bool = False, set_alpha_to_one: bool = True,
                  steps_offset: int = 0):
         check_choice("sampler", sampler, DDPM_SAMPLERS)
         check_steps(num_inference_steps)

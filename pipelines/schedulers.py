@@ -26,7 +26,7 @@ SCHEDULERS = {
     "ddpm": {
         "ddpm": (DDPMSampler, {"sampler": "ddpm"}),
         "ddim": (DDPMSampler, {"sampler": "ddim"}),
-        "diffusers-ddpm": (DDPMScheduler, {}),
+        "diffusers-ddpm": (DDPMScheduler, {"timestep_spacing": "linspace"}),  # ADM's respacing: = "ddpm"
         "diffusers-ddim": (DDIMScheduler, {}),
         "dpm-solver++": (DPMSolverMultistepScheduler, {"algorithm_type": "dpmsolver++", "solver_order": 2}),
         "dpm-solver++-karras": (DPMSolverMultistepScheduler, {"algorithm_type": "dpmsolver++", "solver_order": 2,

@@ -15,7 +15,7 @@ def settings(kind, **changes):
 
 
 @pytest.mark.parametrize("kind, learn_sigma, cls, prediction, sampler", [
-    ("ddpm", True, GaussianDiffusion, "eps", "ddpm"),
+    ("ddpm", True, GaussianDiffusion, "eps", "dpm-solver++"),
     ("flow", False, Transport, "velocity", "ode"),
 ])
 def test_both_objectives_implement_the_interface(kind, learn_sigma, cls, prediction, sampler):

@@ -56,7 +56,7 @@ def test_ddpm_sampler_equals_diffusers_ddpm_scheduler():
     diffusion = create_diffusion("25")
     ours = sample_ddpm(model, diffusion, noise, generator=torch.Generator().manual_seed(1), progress=False, y=y)
 
-    scheduler = DDPMScheduler.from_config(diffusers_config())
+    scheduler = DDPMScheduler.from_config(diffusers_config(), timestep_spacing="linspace")
     scheduler.set_timesteps(25)  # "linspace" spacing: the steps of our respaced "25"
     assert scheduler.timesteps.tolist() == list(diffusion.timestep_map[::-1])
     x, generator = noise.clone(), torch.Generator().manual_seed(1)
@@ -72,7 +72,7 @@ def test_ddim_sampler_equals_diffusers_ddim_scheduler():
     y = torch.tensor([4, 5, 6])
     noise = torch.randn(3, 4, 16, 16, generator=torch.Generator().manual_seed(2))
     ours = sample_ddim(model, create_diffusion("ddim10"), noise, progress=False, y=y)
-    scheduler = DDIMScheduler.from_config(diffusers_config(), timestep_spacing="leading")  # our "ddimN" stride
+    scheduler = DDIMScheduler.from_config(diffusers_config())  # "leading" spacing: our "ddimN" stride
     scheduler.set_timesteps(10)
     x = noise.clone()
     with torch.no_grad():

@@ -68,6 +68,8 @@ def test_a_scheduler_swapped_by_from_config_survives_saving(kind, scheduler_clas
 def test_the_default_scheduler_config_carries_the_models_schedule():
     cosine = {**DDPM, "noise_schedule": "cosine", "prediction": "v"}
     pipe = create_pipeline(tiny_model("DiT-LLaMA-S/2", in_channels=3), cosine, NAMES)
+    assert type(pipe.scheduler) is DPMSolverMultistepScheduler  # the default: DPM-Solver++ 2M (README, Which sampler)
+    assert pipe.scheduler.config.algorithm_type == "dpmsolver++" and pipe.scheduler.config.timestep_spacing == "leading"
     scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
     assert scheduler.config.prediction_type == "v_prediction" and scheduler.config.num_train_timesteps == 1000
     alpha_bar = np.cos((np.arange(1, 1001) / 1000 + 0.008) / 1.008 * np.pi / 2) ** 2 / np.cos(0.008 / 1.008 * np.pi / 2) ** 2

@@ -13,7 +13,7 @@ from vlgen.training import load_config, train
 from vlgen.models.vae import load_vae
 
 GRID_CLASSES, GRID_COLUMNS = 10, 2  # rows: the first classes of the dataset; samples per class
-GRID_SAMPLERS = {"ddpm": {"sampler": "ddpm"}, "flow": {"sampler": "ode", "method": "heun"}}  # fixed step counts
+GRID_SAMPLERS = {"ddpm": {"sampler": "ddim"}, "flow": {"sampler": "ode", "method": "heun"}}  # fixed step counts
 
 
 def grid_sampler():

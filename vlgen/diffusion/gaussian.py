@@ -57,7 +57,7 @@ class GaussianDiffusion:
     training_losses), as Transport does."""
 
     kind = "ddpm"
-    default_sampler = "ddpm"
+    default_sampler = "dpm-solver++"  # 20 steps: as good as 250 ancestral ones or better (README, Which sampler)
 
     def __init__(self, betas, prediction=DEFAULT_PREDICTION, variance="learned_range", timestep_map=None):
         check_choice("prediction", prediction, PREDICTIONS)

@@ -30,30 +30,29 @@ from vlgen.data.shapes import ShapesDataset  # noqa: E402
 from vlgen.evaluation.generation_metrics import generation_metrics  # noqa: E402
 from vlgen.tasks.classification import classify  # noqa: E402
 
-# (label, sampler name, its options, num_inference_steps or None for the sampler's own)
+# (label, sampler name, its options, num_inference_steps or None for the sampler's own). The DDPM
+# pipelines' scheduler config spaces steps "leading" (ADM's DDIM spacing, the default);
+# "linspace" (ADM's DDPM respacing) starts at t = T - 1.
+LINSPACE = {"timestep_spacing": "linspace"}
+DIFFUSERS_DDPM_ROWS = [("DPM-Solver++ 2M", "dpm-solver++", 10), ("DPM-Solver++ 2M", "dpm-solver++", 20),
+                       ("DPM-Solver++ 2M", "dpm-solver++", 25), ("UniPC", "unipc", 10), ("UniPC", "unipc", 20),
+                       ("Euler", "euler", 20), ("Euler ancestral", "euler-ancestral", 20), ("Heun", "heun", 20)]
 SAMPLERS = {
     "ddpm": [
         ("DDPM ancestral 250", "ddpm", {}, 250),
         ("DDPM ancestral 50", "ddpm", {}, 50),
         ("DDIM 50", "ddim", {}, 50),
         ("DDIM 25", "ddim", {}, 25),
-        ("DPM-Solver++ 2M 10", "dpm-solver++", {}, 10),
-        ("DPM-Solver++ 2M 20", "dpm-solver++", {}, 20),
-        ("DPM-Solver++ 2M 25", "dpm-solver++", {}, 25),
+        *((f"{label} {steps}", name, {}, steps) for label, name, steps in DIFFUSERS_DDPM_ROWS),
+        *((f"{label} {steps}, linspace spacing", name, LINSPACE, steps) for label, name, steps in DIFFUSERS_DDPM_ROWS),
         ("DPM-Solver++ 2M Karras 20", "dpm-solver++-karras", {}, 20),
-        ("DPM-Solver++ 2M 20, leading spacing", "dpm-solver++", {"timestep_spacing": "leading"}, 20),
-        ("UniPC 10", "unipc", {}, 10),
-        ("UniPC 20", "unipc", {}, 20),
-        ("UniPC 20, leading spacing", "unipc", {"timestep_spacing": "leading"}, 20),
-        ("Euler 20", "euler", {}, 20),
-        ("Euler ancestral 20", "euler-ancestral", {}, 20),
-        ("Heun 20", "heun", {}, 20),
     ],
     "flow": [
         ("ODE dopri5 (atol 1e-6, rtol 1e-3)", "ode", {"method": "dopri5"}, None),
         ("ODE Euler 25", "ode", {"method": "euler"}, 25),
         ("ODE Heun 20", "ode", {"method": "heun"}, 20),
         ("FlowMatch Euler 10", "flow-euler", {}, 10),
+        ("FlowMatch Euler 20", "flow-euler", {}, 20),
         ("FlowMatch Euler 25", "flow-euler", {}, 25),
         ("FlowMatch Heun 20", "flow-heun", {}, 20),
         ("SDE Euler 250", "sde", {}, 250),
@@ -74,7 +73,7 @@ def measure(pipe, name, options, steps, labels, guidance_scale, seed):
     return images.float() * 2 - 1, len(calls), seconds
 
 
-def study(demo, samples_per_class):
+def study(demo, samples_per_class, only=None):
     demo = Path(demo)
     settings = json.loads((demo / "demo.json").read_text())
     pipe = load_pipeline(demo / "pipeline")
@@ -89,6 +88,8 @@ def study(demo, samples_per_class):
     kind = pipe.config.process["kind"]
     rows = []
     for label, name, options, steps in SAMPLERS[kind]:
+        if only and label not in only:
+            continue
         try:
             images, evaluations, seconds = measure(pipe, name, options, steps, labels, settings["guidance_scale"],
                                                    settings["seed"])
@@ -126,10 +127,15 @@ def plot(studies, path):
     figure, axes = plt.subplots(1, len(studies), figsize=(6 * len(studies), 4.5), squeeze=False)
     for axis, result in zip(axes[0], studies):
         for row in (row for row in result["rows"] if "refused" not in row):
-            axis.scatter(row["model_evaluations"], row["frechet_distance"])
-            axis.annotate(row["sampler"], (row["model_evaluations"], row["frechet_distance"]), fontsize=7,
-                          xytext=(3, 3), textcoords="offset points")
+            point = (row["model_evaluations"], row["frechet_distance"])
+            if "linspace" in row["sampler"]:  # the same solvers starting at t = T - 1: grey, unlabelled
+                axis.scatter(*point, color="grey", marker="x")
+                continue
+            axis.scatter(*point)
+            axis.annotate(row["sampler"], point, fontsize=7, xytext=(3, 3), textcoords="offset points")
         axis.axhline(result["real_vs_real"], color="grey", linestyle="--", label="real vs real")
+        if any("linspace" in row["sampler"] for row in result["rows"]):
+            axis.scatter([], [], color="grey", marker="x", label="linspace spacing (from t = T - 1)")
         axis.set_xscale("log")
         axis.set_xlabel("model evaluations (guided)")
         axis.set_ylabel("judge-feature Frechet distance")
@@ -145,11 +151,12 @@ def main():
     parser.add_argument("--demo", action="append", required=True, help="a `vlgen demo` output directory (repeat)")
     parser.add_argument("--samples-per-class", type=int, default=None, help="default: the demo's")
     parser.add_argument("--out", default="sampler-study", help="where the json, table and plot go")
+    parser.add_argument("--only", nargs="+", default=None, metavar="LABEL", help="run only these rows (labels)")
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     print(f"{torch.get_num_threads()} torch threads")
-    studies = [study(demo, args.samples_per_class) for demo in args.demo]
+    studies = [study(demo, args.samples_per_class, args.only) for demo in args.demo]
     (out / "samplers.json").write_text(json.dumps(studies, indent=2))
     (out / "samplers.md").write_text(table(studies) + "\n")
     plot(studies, out / "samplers.png")

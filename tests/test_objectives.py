@@ -16,7 +16,7 @@ def settings(kind, **changes):
 
 @pytest.mark.parametrize("kind, learn_sigma, cls, prediction, sampler", [
     ("ddpm", True, GaussianDiffusion, "eps", "dpm-solver++"),
-    ("flow", False, Transport, "velocity", "ode"),
+    ("flow", False, Transport, "velocity", "flow-euler"),
 ])
 def test_both_objectives_implement_the_interface(kind, learn_sigma, cls, prediction, sampler):
     objective = create_objective(settings(kind), learn_sigma)

@@ -14,7 +14,7 @@ from vlgen.transport import Transport
 NAMES = ["circle", "square, box", "triangle", "crane", "crane", "star", "plus", "ring", "cross", "bar"]
 DDPM = {"kind": "ddpm", "noise_schedule": "linear", "diffusion_steps": 1000, "prediction": None}
 FLOW = {"kind": "flow", "path": "Linear", "prediction": None, "sample_eps": None}
-KINDS = {"ddpm": ("DiT-LLaMA-S/2", DDPM, {"sampler": "ddpm"}), "flow": ("SiT-LLaMA-S/2", FLOW, {"method": "heun"})}
+KINDS = {"ddpm": ("DiT-LLaMA-S/2", DDPM, {"sampler": "ddpm"}), "flow": ("SiT-LLaMA-S/2", FLOW, {"sampler": "ode", "method": "heun"})}
 
 
 def tiny_pipeline(kind, vae=None, **model_overrides):

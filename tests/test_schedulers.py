@@ -10,7 +10,7 @@ from diffusers import (DDIMScheduler, DDPMScheduler, DiffusionPipeline, DPMSolve
                        FlowMatchEulerDiscreteScheduler)
 from test_pipelines import DDPM, FLOW, NAMES, seeded, tiny_pipeline
 
-from pipelines import SCHEDULERS, DiTLLaMAPipeline, SiTLLaMAPipeline, create_pipeline, load_pipeline
+from pipelines import SCHEDULERS, DiTLLaMAPipeline, FlowSampler, SiTLLaMAPipeline, create_pipeline, load_pipeline
 from sampling import sample_ode
 from vlgen.transport import Transport
 
@@ -105,7 +105,10 @@ def test_a_scheduler_that_does_not_fit_is_refused(kind, scheduler, message):
 
 
 def test_flow_matching_schedulers_need_the_linear_velocity_model():
+    linear = create_pipeline(tiny_model("SiT-LLaMA-S/2", in_channels=3), FLOW, NAMES)
+    assert type(linear.scheduler) is FlowMatchEulerDiscreteScheduler  # the default where it fits (README)
     pipe = create_pipeline(tiny_model("SiT-LLaMA-S/2", in_channels=3), {**FLOW, "path": "GVP"}, NAMES)
+    assert type(pipe.scheduler) is FlowSampler and pipe.scheduler.method == "dopri5"  # SiT's ODE elsewhere
     pipe.scheduler = FlowMatchEulerDiscreteScheduler()
     with pytest.raises(ValueError, match="Linear path with velocity prediction; the model has the GVP path"):
         pipe([0], num_inference_steps=3)

@@ -38,7 +38,6 @@ class Transport:
     training_losses), as GaussianDiffusion does."""
 
     kind = "flow"
-    default_sampler = "ode"
 
     def __init__(self, path="Linear", prediction=DEFAULT_PREDICTION, loss_weight=None, train_eps=None, sample_eps=None,
                  time_sampling="uniform", logit_mean=0.0, logit_std=1.0):
@@ -61,6 +60,13 @@ class Transport:
         self.path_type, self.prediction, self.loss_weight = path, prediction, loss_weight
         self.train_eps, self.sample_eps = train_eps, sample_eps
         self.time_sampling, self.logit_mean, self.logit_std = time_sampling, logit_mean, logit_std
+
+    @property
+    def default_sampler(self):
+        """20 flow-matching Euler steps where diffusers' flow matching fits (Linear path, velocity,
+        the whole [0, 1]: as good as 250 SDE steps in the sampler study, README), else SiT's ODE."""
+        fits = self.path_type == "Linear" and self.prediction == "velocity" and self.interval() == (0.0, 1.0)
+        return "flow-euler" if fits else "ode"
 
     def interval(self, *, training=False, sde=False, diffusion_form="SBDM", last_step_size=0.0, reverse=False):
         """(t0, t1) to train or integrate over, SiT's rules: the VP path stops eps short of the

@@ -140,7 +140,7 @@ def plot(studies, path):
         axis.set_xlabel("model evaluations (guided)")
         axis.set_ylabel("judge-feature Frechet distance")
         axis.set_title(f"{result['framework']}: {result['samples']} samples, CFG {result['guidance_scale']}")
-        axis.legend(loc="upper right")
+        axis.legend(loc="center right", fontsize=8)
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)

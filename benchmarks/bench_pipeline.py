@@ -22,6 +22,8 @@ OBJECTIVES = {
     "SiT-LLaMA-S/2": {"kind": "flow", "path": "Linear", "prediction": None, "sample_eps": None},
 }
 
+SAMPLERS = {"ddpm": {"sampler": "ddpm"}, "flow": {"sampler": "ode", "method": "euler"}}  # what direct_sampler calls
+
 
 def direct_sampler(model, objective, steps, scale):
     """The sampler call the pipeline wraps, on the bare model."""
@@ -45,7 +47,7 @@ def main():
         model = random_weight_model(name, args.device)
         noise, labels = latent_batch(model, args.batch_size, args.device)
         pipe = create_pipeline(model, objective, [str(i) for i in range(model.config.num_classes)],
-                               **({"method": "euler"} if objective["kind"] == "flow" else {}))
+                               **SAMPLERS[objective["kind"]])
         pipe.set_progress_bar_config(disable=True)
         direct = direct_sampler(model, objective, args.steps, args.guidance_scale)
 

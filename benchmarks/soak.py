@@ -27,7 +27,8 @@ TRAIN = ["--set", "model.hidden_size=32", "--set", "model.depth=2", "--set", "mo
          "--set", "data.resolution=16", "--set", "data.num_samples=512", "--set", "data.num_workers=0",
          "--set", "train.global_batch_size=8", "--set", "train.max_steps=1500", "--set", "logging.log_every=10",
          "--set", "logging.checkpoint_every=25", "--set", "logging.sample_every=0", "--set", "logging.tracker=null"]
-SAMPLE = ["--num-samples", "960", "--batch-size", "4", "--num-inference-steps", "16", "--option", "method=euler"]
+SAMPLE = ["--num-samples", "960", "--batch-size", "4", "--num-inference-steps", "16", "--sampler", "ode", "--option",
+          "method=euler"]
 VLGEN = [sys.executable, "-m", "vlgen"]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
 

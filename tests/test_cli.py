@@ -52,7 +52,7 @@ def test_train_then_export(tmp_path):
     assert result.returncode == 2 and "pass --overwrite" in result.stderr
     result = run("sample", "--pipeline", str(tmp_path / "pipe"), "--grid", str(tmp_path / "grid.png"),
                  "--labels", "circle", "star", "--per-label", "2", "--num-inference-steps", "2",
-                 "--option", "method=euler")
+                 "--sampler", "ode", "--option", "method=euler")
     assert result.returncode == 0, result.stderr
     assert "2 labels x 2 images" in result.stdout and (tmp_path / "grid.png").is_file()
     result = run("sample", "--pipeline", str(tmp_path / "pipe"), "--grid", str(tmp_path / "euler.png"),
@@ -63,7 +63,7 @@ def test_train_then_export(tmp_path):
                  "--sampler", "dpm-solver++")
     assert result.returncode == 2 and "unknown sampler 'dpm-solver++'" in result.stderr
     result = run("sample", "--pipeline", str(tmp_path / "pipe"), "--out", str(tmp_path / "s.npz"), "--num-samples",
-                 "3", "--num-inference-steps", "2", "--option", "method=euler", "--dtype", "bfloat16")
+                 "3", "--num-inference-steps", "2", "--sampler", "ode", "--option", "method=euler", "--dtype", "bfloat16")
     assert result.returncode == 0, result.stderr
     assert "3 images from 1 process" in result.stdout and (tmp_path / "s.npz").is_file()
 

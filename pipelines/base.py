@@ -60,10 +60,6 @@ class ClassConditionalPipeline(DiffusionPipeline):
         self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1) if vae is not None else 1
         self.image_processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor)
 
-    @property
-    def learn_sigma(self):
-        return self.transformer.out_channels == 2 * self.transformer.config.in_channels
-
     def use_sampler(self, name=None, **options):
         """Make the scheduler component the sampler `name`, fitted to the model (see
         pipelines.schedulers.SCHEDULERS: "ddpm", "ddim", "dpm-solver++", ... for DDPM models;
@@ -73,7 +69,7 @@ class ClassConditionalPipeline(DiffusionPipeline):
         if name is None:
             self.scheduler = with_options(self.scheduler, **options)
         else:
-            self.scheduler = make_scheduler(self.config.process, self.learn_sigma, name, **options)
+            self.scheduler = make_scheduler(self.config.process, self.transformer.outputs_variance, name, **options)
         return self
 
     def get_label_ids(self, class_labels):
@@ -176,7 +172,7 @@ class ClassConditionalPipeline(DiffusionPipeline):
         if self.vae is None and output_type != "latent" and channels not in (1, 3):
             raise ValueError(f"this pixel-space model has {channels} channels, which are not an image: use "
                              "output_type='latent' (or add the VAE that decodes them)")
-        check_fits(self.scheduler, self.config.process, self.learn_sigma)
+        check_fits(self.scheduler, self.config.process, self.transformer.outputs_variance)
         labels = self.get_label_ids(class_labels)
         device = self._execution_device
         shape = self._latent_shape(len(labels), height, width)

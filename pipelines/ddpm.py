@@ -27,7 +27,8 @@ class DiTLLaMAPipeline(ClassConditionalPipeline):
 
     def sample(self, denoise, noise, labels, generator, num_inference_steps, progress):
         settings = self.scheduler.config
-        diffusion = respaced_process(self.config.process, settings.sampler, num_inference_steps, self.learn_sigma)
+        diffusion = respaced_process(self.config.process, settings.sampler, num_inference_steps,
+                                     self.transformer.outputs_variance)
         if settings.sampler == "ddim":
             return sample_ddim(denoise, diffusion, noise, eta=settings.eta, clip_denoised=settings.clip_denoised,
                                generator=generator, progress=progress, y=labels)

@@ -1,9 +1,8 @@
 """SiTLLaMAPipeline: class-conditional images from a flow-matching denoiser (SiT-LLaMA or SiT)."""
 from pipelines.base import ClassConditionalPipeline
-from pipelines.schedulers import flow_model_output, flow_time, timestep_batch
+from pipelines.schedulers import flow_model_output, flow_time, process_transport, timestep_batch
 from sampling import sample_ode, sample_sde
 from sampling.flow import ADAPTIVE_SOLVERS
-from vlgen.transport import Transport
 
 
 class SiTLLaMAPipeline(ClassConditionalPipeline):
@@ -17,8 +16,7 @@ class SiTLLaMAPipeline(ClassConditionalPipeline):
 
     def sample(self, denoise, noise, labels, generator, num_inference_steps, progress):
         settings, method = self.scheduler.config, self.scheduler.method
-        process = self.config.process
-        transport = Transport(process["path"], process["prediction"], sample_eps=process["sample_eps"])
+        transport = process_transport(self.config.process)
         if settings.sampler == "sde":
             return sample_sde(denoise, transport, noise, method=method, diffusion_form=settings.diffusion_form,
                               diffusion_norm=settings.diffusion_norm, last_step=settings.last_step,

@@ -10,10 +10,10 @@ from vlgen.objectives import create_objective
 PIPELINES = {cls.KIND: cls for cls in (DiTLLaMAPipeline, SiTLLaMAPipeline)}
 
 
-def training_process(objective, learn_sigma):
+def training_process(objective, process):
     """The pipeline's record of how the model was trained (pipe.config.process), every default
-    resolved: the objective section of a training config as a dict (kind "ddpm" or "flow")."""
-    process = create_objective(objective, learn_sigma=learn_sigma)
+    resolved: objective, the objective section of a training config as a dict (kind "ddpm" or
+    "flow"); process, the objective built from it (vlgen.objectives.create_objective)."""
     if process.kind == "ddpm":
         return {"kind": "ddpm", "noise_schedule": objective.get("noise_schedule") or "linear",
                 "diffusion_steps": process.num_timesteps, "prediction": process.prediction}
@@ -26,10 +26,10 @@ def create_pipeline(transformer, objective, class_names, vae=None, sampler=None,
     section as a dict). sampler: the scheduler's name (pipelines.schedulers.SCHEDULERS; default
     the objective's: DiT's 250-step "ddpm", SiT's "ode" with dopri5); options go to it (e.g.
     num_inference_steps for vlgen's samplers, method="heun")."""
-    learn_sigma = transformer.out_channels == 2 * transformer.config.in_channels
-    process = training_process(objective, learn_sigma)
-    default = create_objective(objective, learn_sigma=learn_sigma).default_sampler
-    scheduler = make_scheduler(process, learn_sigma, sampler or default, **options)
+    learn_sigma = transformer.outputs_variance
+    built = create_objective(objective, learn_sigma=learn_sigma)
+    process = training_process(objective, built)
+    scheduler = make_scheduler(process, learn_sigma, sampler or built.default_sampler, **options)
     return PIPELINES[process["kind"]](transformer, scheduler, vae, dict(enumerate(class_names)), process)
 
 

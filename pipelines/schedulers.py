@@ -45,6 +45,7 @@ SCHEDULERS = {
 }
 DEFAULT_STEPS = 20  # a diffusers scheduler's steps when neither the call nor the scheduler says
 FLOW_TRAIN_TIMESTEPS = 1000  # diffusers' flow timesteps are sigma * 1000
+LEARNED_VARIANCES = ("learned", "learned_range")  # diffusers' variance_type values that read the model's variance
 
 
 def process_config(process, learn_sigma):
@@ -76,6 +77,11 @@ def _check_options(cls, options, name):
     if unknown:
         raise ValueError(f"unknown option(s) {', '.join(unknown)} for sampler {name!r} ({cls.__name__}); it takes "
                          f"{', '.join(sorted(accepted))}")
+
+
+def process_transport(process):
+    """The Transport of a flow training process (pipe.config.process)."""
+    return Transport(process["path"], process["prediction"], sample_eps=process["sample_eps"])
 
 
 def is_flow_matching(scheduler):
@@ -114,12 +120,9 @@ def check_fits(scheduler, process, learn_sigma):
                      kind)
     if isinstance(scheduler, FlowSampler):
         return
-    transport = Transport(process["path"], process["prediction"], sample_eps=process["sample_eps"])
-    if transport.path_type != "Linear" or transport.prediction != "velocity":
-        raise _unfit(scheduler, f"diffusers' flow matching is the Linear path with velocity prediction; the model "
-                     f"has the {transport.path_type} path with {transport.prediction} prediction", kind)
-    if transport.interval() != (0.0, 1.0):
-        raise _unfit(scheduler, f"the model samples over t in {transport.interval()}, not the whole [0, 1]", kind)
+    mismatch = process_transport(process).flow_matching_mismatch()
+    if mismatch:
+        raise _unfit(scheduler, mismatch, kind)
     if scheduler.config.get("use_dynamic_shifting"):
         raise _unfit(scheduler, "use_dynamic_shifting needs an image-size dependent mu that this model has not",
                      kind)
@@ -137,13 +140,13 @@ def scheduler_betas(scheduler):
 def uses_learned_variance(scheduler):
     """Whether the scheduler's step takes the model's learned-variance channels: only DDPMScheduler
     does (DPM-Solver's variance_type only drops them, and keeps 3 channels, wrongly for latents)."""
-    return isinstance(scheduler, DDPMScheduler) and scheduler.config.variance_type in ("learned", "learned_range")
+    return isinstance(scheduler, DDPMScheduler) and scheduler.config.variance_type in LEARNED_VARIANCES
 
 
 def step_scheduler(scheduler):
     """The scheduler the step loop runs: DPM-Solver with a learned variance_type is given the
     prediction channels only and must not cut them to 3 (diffusers' DiT habit)."""
-    if not uses_learned_variance(scheduler) and scheduler.config.get("variance_type") in ("learned", "learned_range"):
+    if not uses_learned_variance(scheduler) and scheduler.config.get("variance_type") in LEARNED_VARIANCES:
         return type(scheduler).from_config(scheduler.config, variance_type=None)
     return scheduler
 
@@ -172,8 +175,8 @@ def set_timesteps(scheduler, num_inference_steps, device, flow):
 def run_scheduler(scheduler, model_output, noise, num_inference_steps, generator, progress_bar, flow,
                   callback=None):
     """Sample with a diffusers scheduler: x = noise * init_noise_sigma, then for each timestep
-    x = step(model_output(scale_model_input(x, t), t), t, x); progress_bar: the pipeline's. callback(i, t, x) -> x runs after
-    each step (callback_on_step_end)."""
+    x = step(model_output(scale_model_input(x, t), t), t, x); progress_bar: the pipeline's.
+    callback(i, t, x) -> x runs after each step (callback_on_step_end)."""
     set_timesteps(scheduler, num_inference_steps, noise.device, flow)
     timesteps = scheduler.timesteps
     if scheduler.order == 1 and len(torch.unique(timesteps)) < len(timesteps):
@@ -185,8 +188,8 @@ def run_scheduler(scheduler, model_output, noise, num_inference_steps, generator
     x = noise * getattr(scheduler, "init_noise_sigma", 1.0)  # flow matching starts at the noise itself
     extra = {"generator": generator} if "generator" in inspect.signature(scheduler.step).parameters else {}
     scale = getattr(scheduler, "scale_model_input", lambda sample, timestep: sample)  # flow matching: none
-    with progress_bar(total=len(scheduler.timesteps)) as bar:
-        for i, t in enumerate(scheduler.timesteps):
+    with progress_bar(total=len(timesteps)) as bar:
+        for i, t in enumerate(timesteps):
             output = model_output(scale(x, t), t)
             x = scheduler.step(output, t, x, **extra, return_dict=False)[0]
             if callback is not None:

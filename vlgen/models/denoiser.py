@@ -80,7 +80,12 @@ class VisionLLaMADenoiser(ModelMixin, ConfigMixin):
 
     @property
     def out_channels(self):
-        return 2 * self.config.in_channels if self.config.learn_sigma and not self.config.discard_sigma else self.config.in_channels
+        return 2 * self.config.in_channels if self.outputs_variance else self.config.in_channels
+
+    @property
+    def outputs_variance(self):
+        """Whether the output carries learned-variance channels after the prediction (DiT's learned sigma)."""
+        return self.config.learn_sigma and not self.config.discard_sigma
 
     @property
     def null_class_id(self):

@@ -79,5 +79,4 @@ def build_model(model, info):
 
 def build_objective(objective, denoiser):
     """The training objective of the config's objective section, for this denoiser."""
-    learned_sigma = denoiser.out_channels == 2 * denoiser.config.in_channels
-    return create_objective(dataclasses.asdict(objective), learned_sigma)
+    return create_objective(dataclasses.asdict(objective), denoiser.outputs_variance)

@@ -15,7 +15,6 @@ model evaluations), and prints the table.
 import argparse
 import json
 import time
-from functools import partial
 from pathlib import Path
 
 import matplotlib
@@ -25,10 +24,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from pipelines import load_pipeline  # noqa: E402
-from vlgen.commands.demo import REAL_IMAGES_SEED, load_judge, real_images  # noqa: E402
+from vlgen.commands.demo import real_shapes  # noqa: E402
+from vlgen.commands.judging import REAL_IMAGES_SEED, judge_scores, load_judge  # noqa: E402
 from vlgen.data.shapes import ShapesDataset  # noqa: E402
-from vlgen.evaluation.generation_metrics import generation_metrics  # noqa: E402
-from vlgen.tasks.classification import classify  # noqa: E402
 
 # (label, sampler name, its options, num_inference_steps or None for the sampler's own). The DDPM
 # pipelines' scheduler config spaces steps "leading" (ADM's DDIM spacing, the default);
@@ -78,13 +76,12 @@ def study(demo, samples_per_class, only=None):
     settings = json.loads((demo / "demo.json").read_text())
     pipe = load_pipeline(demo / "pipeline")
     pipe.set_progress_bar_config(disable=True)
-    judge, _ = load_judge(demo)
-    judge_fn = partial(classify, judge)
+    judge, _ = load_judge(demo / "classifier")
     per_class = samples_per_class or settings["samples_per_class"]
     labels = torch.arange(ShapesDataset.num_classes).repeat(per_class)
-    real = real_images(settings["resolution"], per_class, REAL_IMAGES_SEED)
-    other_real = real_images(settings["resolution"], per_class, REAL_IMAGES_SEED + 2)
-    floor = generation_metrics(judge_fn, other_real, labels, real)["feature_frechet_distance"]
+    real = real_shapes(settings["resolution"], per_class, REAL_IMAGES_SEED)
+    other_real = real_shapes(settings["resolution"], per_class, REAL_IMAGES_SEED + 2)
+    floor = judge_scores(judge, other_real, labels, real)["feature_frechet_distance"]
     kind = pipe.config.process["kind"]
     rows = []
     for label, name, options, steps in SAMPLERS[kind]:
@@ -98,7 +95,7 @@ def study(demo, samples_per_class, only=None):
                          "steps": steps, "refused": str(error)})
             print(f"{settings['framework']:<4} {label:<36} refused: {error}", flush=True)
             continue
-        scores = generation_metrics(judge_fn, images, labels, real)
+        scores = judge_scores(judge, images, labels, real)
         rows.append({"framework": settings["framework"], "sampler": label, "name": name, "options": options,
                      "steps": steps, "model_evaluations": evaluations, "seconds": round(seconds, 1),
                      "class_accuracy": scores["class_accuracy"],

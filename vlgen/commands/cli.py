@@ -86,6 +86,12 @@ def _cmd_demo(args):
     run_demo(args)
 
 
+def _cmd_compare(args):
+    from vlgen.commands.compare import run_comparison
+
+    run_comparison(args)
+
+
 def _cmd_train_classifier(args):
     from accelerate import Accelerator
 
@@ -162,6 +168,41 @@ def _add_demo_arguments(parser):
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
 
 
+def _add_compare_arguments(parser):
+    parser.add_argument("--out", default="compare-output", help="output directory (default compare-output)")
+    parser.add_argument("--objective", default="flow", choices=["flow", "ddpm"],
+                        help="training objective of every model: flow (SiT's interpolants, default) or ddpm")
+    parser.add_argument("--models", default=None,
+                        help="comma-separated model names (`vlgen models`), all at the width below (default: "
+                             "DiT-S/2,DiT-LLaMA-S/2 for ddpm, SiT-S/2,SiT-LLaMA-S/2 for flow)")
+    parser.add_argument("--hidden-size", type=int, default=128, help="width of every model (default 128)")
+    parser.add_argument("--depth", type=int, default=4, help="blocks of every model (default 4)")
+    parser.add_argument("--num-heads", type=int, default=4, help="attention heads of every model (default 4)")
+    parser.add_argument("--seeds", default="0,1,2", help="comma-separated training seeds (default 0,1,2)")
+    parser.add_argument("--steps", type=int, default=3000, help="training steps of every run (default 3000)")
+    parser.add_argument("--eval-every", type=int, default=500,
+                        help="steps between the checkpoints that are scored (default 500)")
+    parser.add_argument("--batch-size", type=int, default=32, help="training batch (default 32)")
+    parser.add_argument("--lr", type=float, default=1e-3, help="learning rate (default 1e-3)")
+    parser.add_argument("--data", default="shapes",
+                        help="'shapes' (built in, default) or an image folder DATA/<class>/<image>")
+    parser.add_argument("--eval-data", default=None,
+                        help="held-out image folder: the judge's accuracy and the real images of the distance "
+                             "(default: the judge's accuracy is not measured, the distance uses --data)")
+    parser.add_argument("--resolution", type=int, default=16, help="image side in pixels (default 16)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="a training config value for every run, e.g. --set train.ema_decay=0.999 (repeatable)")
+    parser.add_argument("--mixed-precision", default="auto", choices=["auto", "no", "bf16", "fp16"],
+                        help="autocast (default auto: bf16 where this machine runs it faster than float32)")
+    parser.add_argument("--classifier-steps", type=int, default=1000, help="judge training steps (default 1000)")
+    parser.add_argument("--samples-per-class", type=int, default=20,
+                        help="generated (and real) images per class scored at each checkpoint (default 20)")
+    parser.add_argument("--guidance-scale", type=float, default=4.0, help="classifier-free guidance (default 4)")
+    parser.add_argument("--target-accuracy", type=float, default=0.8,
+                        help="the table gives the first step whose mean class accuracy reaches it (default 0.8)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an earlier comparison in --out")
+
+
 def _add_train_arguments(parser):
     parser.add_argument("--config", default=None, help="YAML config (configs/*.yaml); default: the built-in small "
                                                        "run on the shapes dataset")
@@ -216,6 +257,12 @@ def build_parser():
                                        "dataset: minutes on a CPU, writes demo-output/")
     _add_demo_arguments(demo)
     demo.set_defaults(func=_cmd_demo)
+
+    compare = sub.add_parser("compare", parents=computes,
+                             help="train several models on the same data, budget and seeds, score their checkpoints "
+                                  "as the demo does and write one table and plot")
+    _add_compare_arguments(compare)
+    compare.set_defaults(func=_cmd_compare)
 
     models = sub.add_parser("models", help="list the named model sizes and their parameter counts")
     models.set_defaults(func=_cmd_models)

@@ -15,43 +15,30 @@ continues from its newest checkpoint); a finished demo is kept unless --overwrit
 """
 import json
 import os
-import shutil
 import time
-from functools import partial
 from pathlib import Path
 
 import torch
 
 from pipelines import labelled_grid, load_pipeline
 from vlgen.commands.export import export_checkpoint
+from vlgen.commands.judging import (DATA_WORKERS, REAL_IMAGES_SEED, judge_scores, load_judge, real_images,
+                                    sample_classes, train_judge)
+from vlgen.commands.small_runs import OBJECTIVES, WIDTH
 from vlgen.core.atomic import atomic_path
-from vlgen.core.differences import describe_differences
-from vlgen.core.output_dir import check_output_dir, save_pretrained_with_metrics
+from vlgen.core.output_dir import open_resumable
 from vlgen.data.shapes import ShapesDataset
-from vlgen.evaluation.generation_metrics import generation_metrics
-from vlgen.tasks.classification import (VisionLLaMAClassifier, accuracy, classify, create_classifier,
-                                        train_classifier)
 from vlgen.training import load_config, train
 from vlgen.training.loop import agreed_mixed_precision
 from vlgen.training.checkpoint import NAME as CHECKPOINT_NAME
 from vlgen.training.checkpoint import latest_checkpoint
 
-# Model family, objective settings, sampler of the scored samples. Flow matching draws its training
-# times logit-normally (more steps at mid noise, where the shape is decided); DDPM takes the cosine
-# schedule, made for small images (linear leaves many steps at near-pure noise). Both learn
-# markedly faster here than with the reference defaults (README, Quick start).
-FRAMEWORKS = {  # keys: vlgen.commands.defaults.DEMO_FRAMEWORKS
-    "sit": ("SiT-LLaMA-S", dict(kind="flow", time_sampling="logit-normal"),
-            dict(sampler="ode", method="euler", num_inference_steps=25)),
-    "dit": ("DiT-LLaMA-S", dict(kind="ddpm", noise_schedule="cosine"), dict(sampler="ddim", num_inference_steps=50)),
-}
+# Model family and objective kind (vlgen.commands.small_runs.OBJECTIVES: its settings and the
+# sampler of the scored samples).
+FRAMEWORKS = {"sit": ("SiT-LLaMA-S", "flow"), "dit": ("DiT-LLaMA-S", "ddpm")}  # keys: defaults.DEMO_FRAMEWORKS
 TOKENS_PER_SIDE = 8  # denoiser patch = resolution / 8: the same 64 tokens (and step cost) at any resolution
-JUDGE_TOKENS_PER_SIDE = 4  # classifier patch = resolution / 4
-WIDTH = dict(hidden_size=128, depth=4, num_heads=4)  # denoiser and judge
 GRID_COLUMNS = 10
 GRID_PIXELS = 64  # grid cells are upscaled (nearest) to at least this size to stay visible
-DATA_WORKERS = 2  # shapes are drawn on the fly: rendering in worker processes keeps the judge's steps busy
-REAL_IMAGES_SEED = 1_000_003  # held-out real images: neither the denoiser's nor the judge's training set
 CHECKPOINT_EVERY = 500  # denoiser steps between checkpoints: what an interruption can cost
 SETTINGS_FILE = "demo.json"  # the arguments of the demo an output directory holds
 
@@ -74,7 +61,8 @@ def _select_device(device):
 
 
 def denoiser_config(args, out, precision):
-    family, objective, _ = FRAMEWORKS[args.framework]
+    family, kind = FRAMEWORKS[args.framework]
+    objective, _ = OBJECTIVES[kind]
     patch = args.resolution // TOKENS_PER_SIDE
     return load_config(None, [
         f"model.name={family}/{patch}", *(f"model.{key}={value}" for key, value in WIDTH.items()),
@@ -97,59 +85,14 @@ def demo_settings(args):
 
 def prepare_output(args):
     """(OUT, resuming): a new output directory, or the unfinished demo of the same settings in it."""
-    out, settings = Path(args.out), demo_settings(args)
-    record = out / SETTINGS_FILE
-    if not args.overwrite and record.is_file() and not (out / "metrics.json").is_file():
-        saved = json.loads(record.read_text())
-        differ = describe_differences(saved, settings)
-        if differ:
-            raise ValueError(f"{out} holds an unfinished demo with other settings ({differ}); run the same command "
-                             "to resume it, or pass --overwrite to start again")
-        return out, True
-    check_output_dir(out, args.overwrite, marker=SETTINGS_FILE)  # kept unless --overwrite, and only a demo's
-    shutil.rmtree(out, ignore_errors=True)  # --overwrite: nothing of an earlier demo is mixed in
-    out.mkdir(parents=True)
-    with atomic_path(record) as temporary:
-        temporary.write_text(json.dumps(settings, indent=2))
-    return out, False
+    out = Path(args.out)
+    return out, open_resumable(out, demo_settings(args), SETTINGS_FILE, "metrics.json", args.overwrite, "demo")
 
 
-def load_judge(out):
-    """The judge a resumed demo trained before, and its held-out accuracy; None when there is none."""
-    if not (out / "classifier" / "metrics.json").is_file():
-        return None
-    judge = VisionLLaMAClassifier.from_pretrained(out / "classifier")
-    return judge, json.loads((out / "classifier" / "metrics.json").read_text())["held_out_accuracy"]
-
-
-def train_judge(args, out, accelerator):
-    """The classifier that scores generated images, trained on real shapes; returns it and its
-    held-out accuracy on real images."""
-    judge = create_classifier("S", ShapesDataset.num_classes, image_size=args.resolution,
-                              patch_size=args.resolution // JUDGE_TOKENS_PER_SIDE, layer_scale_init=0.1, **WIDTH)
-    train_classifier(judge, ShapesDataset(args.resolution, 50000, seed=args.seed + 1), steps=args.classifier_steps,
-                     batch_size=64, lr=1e-3, seed=args.seed, num_workers=DATA_WORKERS, accelerator=accelerator)
-    judge = accelerator.unwrap_model(judge)
-    held_out_images = ShapesDataset(args.resolution, 1000, seed=REAL_IMAGES_SEED + 1)
-    held_out = accuracy(judge, held_out_images, num_workers=DATA_WORKERS)
-    save_pretrained_with_metrics(judge, out / "classifier", {"held_out_accuracy": held_out})
-    return judge, held_out
-
-
-def real_images(resolution, per_class, seed):
-    data = ShapesDataset(resolution, per_class * ShapesDataset.num_classes, seed=seed)
-    return torch.stack([data[(i, False)]["x"] for i in range(len(data))])  # labels: i mod 10
-
-
-def sample_classes(pipe, sampler, args, device):
-    """samples_per_class images of every class by the given sampler (its name under "sampler",
-    and its options), (N, 3, H, W) in [-1, 1], and their labels."""
-    options = dict(sampler)
-    pipe.use_sampler(options.pop("sampler"), **options)
-    labels = torch.arange(ShapesDataset.num_classes).repeat(args.samples_per_class)
-    generator = torch.Generator(device).manual_seed(args.seed)
-    images = pipe(labels.tolist(), guidance_scale=args.guidance_scale, generator=generator, output_type="pt").images
-    return images.float().cpu() * 2 - 1, labels
+def real_shapes(resolution, per_class, seed):
+    """Real shapes, per_class of each class (labels i mod 10)."""
+    return real_images(ShapesDataset(resolution, per_class * ShapesDataset.num_classes, seed=seed),
+                       per_class * ShapesDataset.num_classes)
 
 
 def save_grid(images, labels, path):
@@ -194,7 +137,7 @@ def run_demo(args):
     device = accelerator.device
     started = time.perf_counter()
 
-    earlier_judge = load_judge(out) if resuming else None
+    earlier_judge = load_judge(out / "classifier") if resuming else None
     checkpoint = latest_checkpoint(out / "run") if resuming else None
     resumed = {"judge": earlier_judge is not None,
                "denoiser_from_step": int(CHECKPOINT_NAME.match(checkpoint.name).group(1)) if checkpoint else 0}
@@ -206,30 +149,33 @@ def run_demo(args):
         print(f"[1/4] judge: loaded from {out / 'classifier'} (held-out accuracy {judge_accuracy:.3f})")
     else:
         print(f"[1/4] judge: a VisionLLaMA classifier on real {args.resolution}px shapes ({device})")
-        judge, judge_accuracy = train_judge(args, out, accelerator)
+        judge, judge_accuracy = train_judge(
+            ShapesDataset(args.resolution, 50000, seed=args.seed + 1),
+            ShapesDataset(args.resolution, 1000, seed=REAL_IMAGES_SEED + 1), args.resolution, args.classifier_steps,
+            args.seed, out / "classifier", accelerator)
     judge_seconds = time.perf_counter() - started
 
     print(f"[2/4] denoiser: {config.model.name} (width {config.model.hidden_size}, depth {config.model.depth}), "
           f"{config.objective.kind} objective, {args.steps} steps of {args.batch_size}")
     train(config, resume="latest")
     train_seconds = time.perf_counter() - started - judge_seconds
-    _, _, sampler = FRAMEWORKS[args.framework]
+    _, sampler = OBJECTIVES[config.objective.kind]
     records = save_loss_curve(out / "run" / "metrics.jsonl", out / "loss.png", f"{config.model.name} on shapes")
 
     print("[3/4] export and sample")
     export_checkpoint(latest_checkpoint(out / "run"), out / "pipeline", overwrite=True)
     pipe = load_pipeline(out / "pipeline").to(device)
-    generated, labels = sample_classes(pipe, sampler, args, device)
+    generated, labels = sample_classes(pipe, sampler, ShapesDataset.num_classes, args.samples_per_class,
+                                       args.guidance_scale, args.seed)
     save_grid(generated, labels, out / "grid.png")
     sample_seconds = time.perf_counter() - started - judge_seconds - train_seconds
 
     print("[4/4] score the samples with the judge")
-    judge_fn = partial(classify, judge)
-    real = real_images(args.resolution, args.samples_per_class, REAL_IMAGES_SEED)
-    scores = generation_metrics(judge_fn, generated, labels, real)
+    real = real_shapes(args.resolution, args.samples_per_class, REAL_IMAGES_SEED)
+    scores = judge_scores(judge, generated, labels, real)
     # The distance between two real sets of this size: the floor a perfect generator would reach.
-    floor = generation_metrics(judge_fn, real_images(args.resolution, args.samples_per_class, REAL_IMAGES_SEED + 2),
-                               labels, real)
+    floor = judge_scores(judge, real_shapes(args.resolution, args.samples_per_class, REAL_IMAGES_SEED + 2), labels,
+                         real)
     metrics = {
         "framework": args.framework, "model": config.model.name, "objective": config.objective.kind,
         "resolution": args.resolution, "steps": args.steps, "batch_size": args.batch_size, "device": str(device),

@@ -1,9 +1,11 @@
-"""Output directories that are written whole or not at all."""
+"""Output directories that are written whole or not at all, or resumed with the same settings."""
 import json
+import shutil
 from contextlib import contextmanager
 from pathlib import Path
 
 from vlgen.core.atomic import atomic_path
+from vlgen.core.differences import describe_differences
 
 
 def check_output_dir(out, overwrite=False, marker=None):
@@ -39,3 +41,24 @@ def save_pretrained_with_metrics(model, out, metrics, overwrite=False):
         model.save_pretrained(staging)
         (staging / "metrics.json").write_text(json.dumps(metrics, indent=2))
     return Path(out)
+
+
+def open_resumable(out, settings, settings_file, finished_file, overwrite, command):
+    """Prepare out for a long job of `command` that records its settings (a JSON-able dict) in
+    out/settings_file and marks its end with out/finished_file. Returns True when out holds an
+    unfinished job of the same settings, to be resumed; otherwise out is made new (an earlier
+    output of this command is replaced only with overwrite) and False is returned."""
+    out = Path(out)
+    record = out / settings_file
+    if not overwrite and record.is_file() and not (out / finished_file).is_file():
+        differ = describe_differences(json.loads(record.read_text()), settings)
+        if differ:
+            raise ValueError(f"{out} holds an unfinished {command} with other settings ({differ}); run the same "
+                             "command to resume it, or pass --overwrite to start again")
+        return True
+    check_output_dir(out, overwrite, marker=settings_file)  # kept unless --overwrite, and only this command's
+    shutil.rmtree(out, ignore_errors=True)  # --overwrite: nothing of an earlier output is mixed in
+    out.mkdir(parents=True)
+    with atomic_path(record) as temporary:
+        temporary.write_text(json.dumps(settings, indent=2))
+    return False

@@ -3,6 +3,7 @@ same result), and its summary arithmetic against hand-computed values."""
 import json
 
 import pytest
+import torch
 from accelerate.state import AcceleratorState
 from conftest import Interrupted
 from PIL import Image
@@ -177,3 +178,19 @@ def test_an_image_folder_is_the_judge_s_data_and_the_reference(tmp_path):
     too_many = _settings("--data", str(tmp_path / "data"), "--samples-per-class", "6")
     with pytest.raises(ValueError, match="need 12 real images"):
         RealData(too_many)
+
+
+def test_the_judge_starts_from_its_seed_whatever_ran_before(tmp_path):
+    from accelerate import Accelerator
+
+    from vlgen.commands.judging import train_judge
+    from vlgen.data.shapes import ShapesDataset
+
+    judges = []
+    for name, draws in (("a", 1), ("b", 7)):
+        torch.rand(draws)  # other work consumed the global random stream differently
+        judge, accuracy = train_judge(ShapesDataset(16, 64, seed=1), None, 16, steps=2, seed=5, out=tmp_path / name,
+                                      accelerator=Accelerator(cpu=True))
+        assert accuracy is None  # no held-out set given
+        judges.append(judge.state_dict())
+    assert judges[0].keys() == judges[1].keys() and all(torch.equal(judges[0][k], judges[1][k]) for k in judges[0])

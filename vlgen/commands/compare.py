@@ -257,7 +257,6 @@ def _judge(out, data, settings, accelerator):
         return earlier
     print(f"judge: a VisionLLaMA classifier on real {settings['resolution']}px images, "
           f"{settings['classifier_steps']} steps")
-    torch.manual_seed(settings["seeds"][0])  # its initial weights, whatever ran before in this process
     return train_judge(data.training, data.held_out, settings["resolution"], settings["classifier_steps"],
                        settings["seeds"][0], out / "judge", accelerator)
 

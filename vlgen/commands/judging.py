@@ -24,6 +24,7 @@ METRICS_FILE = "metrics.json"  # next to the judge's weights: its held-out accur
 def train_judge(training_set, held_out, resolution, steps, seed, out, accelerator):
     """A classifier trained on the real images of training_set, saved to out with its accuracy on
     held_out (a dataset of real images, or None); returns (judge, that accuracy or None)."""
+    torch.manual_seed(seed)  # its initial weights: the same in every process, whatever ran before
     judge = create_classifier("S", training_set.num_classes, image_size=resolution,
                               patch_size=resolution // JUDGE_TOKENS_PER_SIDE, layer_scale_init=0.1, **JUDGE_WIDTH)
     train_classifier(judge, training_set, steps=steps, batch_size=JUDGE_BATCH_SIZE, lr=JUDGE_LR, seed=seed,

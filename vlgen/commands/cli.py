@@ -190,6 +190,10 @@ def _add_compare_arguments(parser):
                         help="held-out image folder: the judge's accuracy and the real images of the distance "
                              "(default: the judge's accuracy is not measured, the distance uses --data)")
     parser.add_argument("--resolution", type=int, default=16, help="image side in pixels (default 16)")
+    parser.add_argument("--resolutions", default=None,
+                        help="other image sides, comma-separated (e.g. 12,24,32): the last checkpoints also sample "
+                             "there, VisionLLaMA blocks with AS2DRoPE and with unscaled RoPE, each size scored by a "
+                             "judge trained on real images of that size")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="a training config value for every run, e.g. --set train.ema_decay=0.999 (repeatable)")
     parser.add_argument("--mixed-precision", default="auto", choices=["auto", "no", "bf16", "fp16"],

@@ -13,17 +13,25 @@ kept, an unfinished run continues from its newest checkpoint.
     OUT/runs/<model>/seed-<s>/scores.json   the scores of its checkpoints, by step
     OUT/results.json, results.md, results.png   the table and plot (mean and spread over seeds);
                                        results.json is written last and marks the comparison finished
+
+With --resolutions, the last checkpoint of every run also samples at those image sizes, scored by a
+judge trained on real images of each size (OUT/judge-<size>px/): VisionLLaMA blocks with AS2DRoPE
+(positions scaled to the training grid) and with unscaled RoPE, plain DiT blocks with their sin-cos
+table computed for the new grid. Scores: OUT/runs/<model>/seed-<s>/resolution_scores.json, a second
+table in results.md and OUT/resolutions.png.
 """
 import json
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from pipelines import load_pipeline
 from vlgen.commands.export import export_checkpoint
+from vlgen.commands.comparison_report import (resolutions_plot, results_plot, results_table, summarise,
+                                              summarise_resolutions)
 from vlgen.commands.judging import (REAL_IMAGES_SEED, judge_scores, load_judge, real_images, sample_classes,
                                     train_judge)
 from vlgen.commands.small_runs import OBJECTIVES
@@ -31,12 +39,19 @@ from vlgen.core.atomic import atomic_path
 from vlgen.core.output_dir import open_resumable
 from vlgen.data.images import ImageFolderDataset
 from vlgen.data.shapes import ShapesDataset
+from vlgen.models import VisionLLaMADenoiser
 from vlgen.training import load_config, train
 from vlgen.training.build import build_model, check_config
 from vlgen.training.checkpoint import checkpoint_step, list_checkpoints
 from vlgen.training.loop import agreed_mixed_precision
 
 SETTINGS_FILE, RESULTS_FILE, SCORES_FILE = "compare.json", "results.json", "scores.json"
+RESOLUTION_SCORES_FILE = "resolution_scores.json"
+# How each block type places tokens at a grid it was not trained on: (label, denoiser config values).
+POSITION_ENCODINGS = {
+    "llama": [("AS2DRoPE", {"rope_auto_scale": True}), ("RoPE, unscaled", {"rope_auto_scale": False})],
+    "dit": [("sin-cos for the grid", {})],
+}
 JUDGE_SHAPES = 50000  # shapes the judge learns from (drawn on the fly)
 HELD_OUT_SHAPES = 1000
 
@@ -64,6 +79,7 @@ def comparison_settings(args):
                 if key not in ("out", "overwrite", "func", "command", "threads")}
     settings["models"] = parse_list(args.models or default_models(args.objective), str, "--models")
     settings["seeds"] = parse_list(args.seeds, int, "--seeds")
+    settings["resolutions"] = parse_list(args.resolutions, int, "--resolutions") if args.resolutions else []
     return settings
 
 
@@ -76,6 +92,9 @@ def _check_args(args):
                          f"got {args.samples_per_class}")
     if not 0 < args.target_accuracy <= 1:
         raise ValueError(f"--target-accuracy must be in (0, 1], got {args.target_accuracy}")
+    if args.resolutions and args.resolution in parse_list(args.resolutions, int, "--resolutions"):
+        raise ValueError(f"--resolutions lists the training resolution {args.resolution}, which is always scored; "
+                         "list only other sizes")
     if args.eval_data and args.data == "shapes":
         raise ValueError("--eval-data is for image folders (--data DIR); shapes draw their own held-out images")
 
@@ -109,8 +128,9 @@ class RealData:
     """The real images of a comparison: what the judge learns, its held-out set, and the real images
     the generated ones are measured against (and a second real set: the distance's floor)."""
 
-    def __init__(self, settings):
-        resolution, self.per_class = settings["resolution"], settings["samples_per_class"]
+    def __init__(self, settings, resolution=None):
+        self.resolution = resolution = resolution or settings["resolution"]
+        self.per_class = settings["samples_per_class"]
         if settings["data"] == "shapes":
             self.training = ShapesDataset(resolution, JUDGE_SHAPES, seed=REAL_IMAGES_SEED + 3)
             self.held_out = ShapesDataset(resolution, HELD_OUT_SHAPES, seed=REAL_IMAGES_SEED + 1)
@@ -133,132 +153,89 @@ def count_parameters(config, num_classes):
     return sum(p.numel() for p in model.parameters())
 
 
-def score_checkpoint(checkpoint, judge, data, settings, seed, device):
-    """The judge's scores of the EMA weights of one checkpoint."""
+@contextmanager
+def exported(checkpoint):
+    """A pipeline directory of the EMA weights of checkpoint, removed after the block."""
     with tempfile.TemporaryDirectory(dir=checkpoint.parent.parent) as staging:
-        pipeline = export_checkpoint(checkpoint, Path(staging) / "pipeline")
-        pipe = load_pipeline(pipeline).to(device)
+        yield export_checkpoint(checkpoint, Path(staging) / "pipeline")
+
+
+def score_pipeline(pipeline, judge, data, settings, seed, device, position_encoding=None):
+    """The judge's scores of samples drawn at data's resolution from a pipeline directory, its
+    denoiser built with the position_encoding config values."""
+    transformer = VisionLLaMADenoiser.from_pretrained(Path(pipeline) / "transformer", **(position_encoding or {}))
+    pipe = load_pipeline(pipeline, transformer=transformer).to(device)
     pipe.set_progress_bar_config(disable=True)
     _, sampler = OBJECTIVES[settings["objective"]]
     generated, labels = sample_classes(pipe, sampler, data.num_classes, data.per_class, settings["guidance_scale"],
-                                       seed)
+                                       seed, data.resolution)
     scores = judge_scores(judge, generated, labels, data.reference)
     return {"class_accuracy": scores["class_accuracy"], "feature_frechet_distance": scores["feature_frechet_distance"]}
 
 
-def read_scores(run_dir):
-    path = run_dir / SCORES_FILE
-    return {int(step): value for step, value in json.loads(path.read_text()).items()} if path.is_file() else {}
+def read_json(path):
+    return json.loads(path.read_text()) if path.is_file() else {}
 
 
-def write_scores(run_dir, scores):
-    with atomic_path(run_dir / SCORES_FILE) as temporary:
-        temporary.write_text(json.dumps({str(step): scores[step] for step in sorted(scores)}, indent=2))
+def write_json(path, value):
+    with atomic_path(path) as temporary:
+        temporary.write_text(json.dumps(value, indent=2))
 
 
-def summarise(settings, scores, parameters, judge_accuracy, floor):
-    """results.json's content: per model and evaluated step, the mean, standard deviation, minimum
-    and maximum over seeds of both metrics, and the first step whose mean accuracy reaches the
-    target (None: not within the budget)."""
-    models = {}
-    for model in settings["models"]:
-        by_seed = scores[model]
-        steps = sorted(set.intersection(*(set(s) for s in by_seed.values())))
-        curve = []
-        for step in steps:
-            row = {"step": step}
-            for metric in ("class_accuracy", "feature_frechet_distance"):
-                values = np.array([by_seed[seed][step][metric] for seed in settings["seeds"]])
-                row[metric] = {"mean": float(values.mean()), "std": float(values.std(ddof=1)) if len(values) > 1
-                               else 0.0, "min": float(values.min()), "max": float(values.max()),
-                               "per_seed": values.tolist()}
-            curve.append(row)
-        # Rounded: a mean of accuracies (multiples of 1 / images) that equals the target may differ in the last bit.
-        reached = [row["step"] for row in curve
-                   if round(row["class_accuracy"]["mean"], 9) >= settings["target_accuracy"]]
-        models[model] = {"parameters": parameters[model], "curve": curve,
-                         "step_reaching_target": reached[0] if reached else None}
-    return {"settings": settings, "judge_held_out_accuracy": judge_accuracy,
-            "feature_frechet_distance_real_vs_real": floor, "models": models}
-
-
-def _mean_std(cell, digits):
-    return f"{cell['mean']:.{digits}f} ± {cell['std']:.{digits}f}"
-
-
-def results_table(results):
-    """results.md: a summary line per model, then every evaluated step."""
-    settings = results["settings"]
-    target, seeds = settings["target_accuracy"], len(settings["seeds"])
-    lines = [f"| model | parameters | class accuracy at step {settings['steps']} | feature distance at step "
-             f"{settings['steps']} | first step with mean accuracy >= {target:g} |", "|---|---:|---:|---:|---:|"]
-    for model, entry in results["models"].items():
-        last = entry["curve"][-1]
-        reached = entry["step_reaching_target"]
-        lines.append(f"| {model} | {entry['parameters']:,} | {_mean_std(last['class_accuracy'], 3)} | "
-                     f"{_mean_std(last['feature_frechet_distance'], 2)} | "
-                     f"{reached if reached is not None else 'not reached by ' + str(settings['steps'])} |")
-    lines += ["", f"Mean ± standard deviation over {seeds} seed{'s' if seeds > 1 else ''} "
-                  f"({', '.join(map(str, settings['seeds']))}).", "",
-              "| step | " + " | ".join(f"{m} accuracy | {m} distance" for m in results["models"]) + " |",
-              "|---:|" + "---:|---:|" * len(results["models"])]
-    steps = [row["step"] for row in next(iter(results["models"].values()))["curve"]]
-    for i, step in enumerate(steps):
-        cells = []
-        for entry in results["models"].values():
-            row = entry["curve"][i]
-            cells += [_mean_std(row["class_accuracy"], 3), _mean_std(row["feature_frechet_distance"], 2)]
-        lines.append(f"| {step} | " + " | ".join(cells) + " |")
-    lines += ["", f"Judge held-out accuracy on real images: {results['judge_held_out_accuracy']}."]
-    if results["feature_frechet_distance_real_vs_real"] is not None:
-        lines.append(f"Feature distance between two real sets of the same size: "
-                     f"{results['feature_frechet_distance_real_vs_real']:.2f}.")
-    return "\n".join(lines) + "\n"
-
-
-def results_plot(results, path):
-    """Class accuracy and feature distance against steps: the mean over seeds, shaded from the
-    lowest to the highest seed."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only, no display
-    import matplotlib.pyplot as plt
-
-    figure, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for model, entry in results["models"].items():
-        steps = [row["step"] for row in entry["curve"]]
-        for axis, metric in zip(axes, ("class_accuracy", "feature_frechet_distance")):
-            cells = [row[metric] for row in entry["curve"]]
-            line, = axis.plot(steps, [c["mean"] for c in cells], marker="o", label=f"{model} "
-                              f"({entry['parameters'] / 1e6:.2f}M)")
-            axis.fill_between(steps, [c["min"] for c in cells], [c["max"] for c in cells], alpha=0.2,
-                              color=line.get_color())
-    settings = results["settings"]
-    axes[0].axhline(settings["target_accuracy"], color="grey", linestyle=":", label="target")
-    axes[0].set(xlabel="training step", ylabel="class accuracy (judge)", ylim=(0, 1))
-    axes[1].set(xlabel="training step", ylabel="judge-feature Frechet distance", yscale="log")
-    if results["feature_frechet_distance_real_vs_real"] is not None:
-        axes[1].axhline(results["feature_frechet_distance_real_vs_real"], color="grey", linestyle=":",
-                        label="real vs real")
-    for axis in axes:
-        axis.grid(True, alpha=0.3)
-        axis.legend(fontsize=8)
-    figure.suptitle(f"{settings['objective']} objective, {len(settings['seeds'])} seeds, batch "
-                    f"{settings['batch_size']}, {settings['resolution']}px {settings['data']}")
-    figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
-
-
-def _judge(out, data, settings, accelerator):
-    earlier = load_judge(out / "judge")
+def judge_for(out, data, settings, accelerator):
+    """(judge, held-out accuracy) of data's resolution: the one trained before in out, or a new one."""
+    directory = out / ("judge" if data.resolution == settings["resolution"] else f"judge-{data.resolution}px")
+    earlier = load_judge(directory)
     if earlier is not None:
-        print(f"judge: loaded from {out / 'judge'} (held-out accuracy {earlier[1]})")
-        return earlier
-    print(f"judge: a VisionLLaMA classifier on real {settings['resolution']}px images, "
-          f"{settings['classifier_steps']} steps")
-    return train_judge(data.training, data.held_out, settings["resolution"], settings["classifier_steps"],
-                       settings["seeds"][0], out / "judge", accelerator)
+        print(f"judge: loaded from {directory} (held-out accuracy {earlier[1]})")
+        judge, held_out_accuracy = earlier
+    else:
+        print(f"judge: a VisionLLaMA classifier on real {data.resolution}px images, {settings['classifier_steps']} "
+              "steps")
+        judge, held_out_accuracy = train_judge(data.training, data.held_out, data.resolution,
+                                               settings["classifier_steps"], settings["seeds"][0], directory,
+                                               accelerator)
+    return judge.to(accelerator.device), held_out_accuracy
+
+
+def train_and_score(config, settings, seed, judge, data, device):
+    """Trains one run to its end (resuming it) and scores its checkpoints; returns {step: scores}."""
+    run_dir = Path(config.logging.output_dir)
+    checkpoints = list_checkpoints(run_dir)
+    if not checkpoints or checkpoint_step(checkpoints[-1]) < settings["steps"]:
+        print(f"  training to step {settings['steps']}")
+        train(config, resume="latest")
+    scores = {int(step): value for step, value in read_json(run_dir / SCORES_FILE).items()}
+    for checkpoint in list_checkpoints(run_dir):
+        step = checkpoint_step(checkpoint)
+        if step not in scores:
+            with exported(checkpoint) as pipeline:
+                scores[step] = score_pipeline(pipeline, judge, data, settings, seed, device)
+            write_json(run_dir / SCORES_FILE, {str(s): scores[s] for s in sorted(scores)})
+        print(f"  step {step}: class accuracy {scores[step]['class_accuracy']:.3f}, feature distance "
+              f"{scores[step]['feature_frechet_distance']:.2f}")
+    return scores
+
+
+def score_resolutions(run_dir, settings, seed, judges, device):
+    """The last checkpoint sampled at every resolution with each position encoding of its block
+    type; returns {encoding: {resolution: scores}} (resolutions as strings, as JSON keeps them)."""
+    path = run_dir / RESOLUTION_SCORES_FILE
+    scores = read_json(path)
+    last = list_checkpoints(run_dir)[-1]
+    block_type = VisionLLaMADenoiser.load_config(last / "ema")["block_type"]
+    with exported(last) as pipeline:
+        for encoding, values in POSITION_ENCODINGS[block_type]:
+            for judge, data in judges:
+                by_resolution = scores.setdefault(encoding, {})
+                if str(data.resolution) not in by_resolution:
+                    by_resolution[str(data.resolution)] = score_pipeline(pipeline, judge, data, settings, seed, device,
+                                                                         values)
+                    write_json(path, scores)
+                cell = by_resolution[str(data.resolution)]
+                print(f"  {data.resolution}px, {encoding}: class accuracy {cell['class_accuracy']:.3f}, feature "
+                      f"distance {cell['feature_frechet_distance']:.2f}")
+    return scores
 
 
 def run_comparison(args):
@@ -275,32 +252,18 @@ def run_comparison(args):
     for config in configs.values():  # every name and value checked before anything is written
         check_config(config)
     data = RealData(settings)
+    other_sizes = [RealData(settings, resolution) for resolution in settings["resolutions"]]
     resuming = open_resumable(out, settings, SETTINGS_FILE, RESULTS_FILE, args.overwrite, "comparison")
     if resuming:
         print(f"resuming the unfinished comparison in {out}")
     accelerator = Accelerator(mixed_precision=precision)
     started = time.perf_counter()
-    judge, judge_accuracy = _judge(out, data, settings, accelerator)
-    judge.to(accelerator.device)
+    judge, judge_accuracy = judge_for(out, data, settings, accelerator)
 
     scores = {model: {} for model in settings["models"]}
     for number, ((model, seed), config) in enumerate(configs.items(), 1):
-        run_dir = Path(config.logging.output_dir)
-        checkpoints = list_checkpoints(run_dir)
-        done = bool(checkpoints) and checkpoint_step(checkpoints[-1]) >= settings["steps"]
-        print(f"[run {number}/{len(configs)}] {model} seed {seed}: "
-              + ("trained" if done else f"training to step {settings['steps']}"))
-        if not done:
-            train(config, resume="latest")
-        run_scores = read_scores(run_dir)
-        for checkpoint in list_checkpoints(run_dir):
-            step = checkpoint_step(checkpoint)
-            if step not in run_scores:
-                run_scores[step] = score_checkpoint(checkpoint, judge, data, settings, seed, accelerator.device)
-                write_scores(run_dir, run_scores)
-            print(f"  step {step}: class accuracy {run_scores[step]['class_accuracy']:.3f}, feature distance "
-                  f"{run_scores[step]['feature_frechet_distance']:.2f}")
-        scores[model][seed] = run_scores
+        print(f"[run {number}/{len(configs)}] {model} seed {seed}")
+        scores[model][seed] = train_and_score(config, settings, seed, judge, data, accelerator.device)
 
     floor = None
     if data.second_reference is not None:
@@ -309,11 +272,21 @@ def run_comparison(args):
     parameters = {model: count_parameters(configs[model, settings["seeds"][0]], data.num_classes)
                   for model in settings["models"]}
     results = summarise(settings, scores, parameters, judge_accuracy, floor)
+
+    if other_sizes:
+        judges = [(judge, data), *((judge_for(out, size, settings, accelerator)[0], size) for size in other_sizes)]
+        by_size = {model: {} for model in settings["models"]}
+        for number, ((model, seed), config) in enumerate(configs.items(), 1):
+            print(f"[other resolutions {number}/{len(configs)}] {model} seed {seed}")
+            by_size[model][seed] = score_resolutions(Path(config.logging.output_dir), settings, seed, judges,
+                                                     accelerator.device)
+        results["resolutions"] = summarise_resolutions(settings, by_size)
+        resolutions_plot(results, out / "resolutions.png")
+
     results["seconds_this_invocation"] = time.perf_counter() - started
     (out / "results.md").write_text(results_table(results))
     results_plot(results, out / "results.png")
-    with atomic_path(out / RESULTS_FILE) as temporary:  # written last: it marks the comparison finished
-        temporary.write_text(json.dumps(results, indent=2))
+    write_json(out / RESULTS_FILE, results)  # written last: it marks the comparison finished
     print(results_table(results))
-    print(f"written: {out}/results.md, results.png, results.json")
+    print(f"written: {out}/results.md, results.png{', resolutions.png' if other_sizes else ''}, results.json")
     return results

@@ -53,14 +53,16 @@ def real_images(dataset, count):
     return torch.stack([dataset[(i, False)]["x"] for i in indices])
 
 
-def sample_classes(pipe, sampler, num_classes, per_class, guidance_scale, seed):
+def sample_classes(pipe, sampler, num_classes, per_class, guidance_scale, seed, resolution=None):
     """per_class images of every class by the given sampler (its name under "sampler", and its
-    options), (N, C, H, W) in [-1, 1], and their labels (N,)."""
+    options), (N, C, H, W) in [-1, 1] (H = W = resolution; None: the trained size), and their
+    labels (N,)."""
     options = dict(sampler)
     pipe.use_sampler(options.pop("sampler"), **options)
     labels = torch.arange(num_classes).repeat(per_class)
     generator = torch.Generator(pipe.device).manual_seed(seed)
-    images = pipe(labels.tolist(), guidance_scale=guidance_scale, generator=generator, output_type="pt").images
+    images = pipe(labels.tolist(), guidance_scale=guidance_scale, generator=generator, output_type="pt",
+                  height=resolution, width=resolution).images
     return images.float().cpu() * 2 - 1, labels
 
 

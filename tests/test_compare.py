@@ -5,11 +5,14 @@ import json
 import pytest
 import torch
 from accelerate.state import AcceleratorState
-from conftest import Interrupted
+from conftest import Interrupted, tiny_model
 from PIL import Image
 
+from pipelines import create_pipeline
+from vlgen.commands import compare
 from vlgen.commands.cli import build_parser, main
-from vlgen.commands.compare import RealData, comparison_settings, parse_list, results_table, run_config, summarise
+from vlgen.commands.compare import RealData, comparison_settings, parse_list, run_config
+from vlgen.commands.comparison_report import results_table, summarise, summarise_resolutions
 from vlgen.models import VisionLLaMADenoiser
 
 TINY = ["--objective", "ddpm", "--models", "DiT-S/2,DiT-LLaMA-S/2", "--hidden-size", "32", "--depth", "1",
@@ -129,6 +132,7 @@ def test_bad_comparison_arguments_are_clear_errors(tmp_path, capsys):
                           (["--seeds", "a"], "--seeds 'a': expected a comma-separated list"),
                           (["--target-accuracy", "1.5"], "--target-accuracy must be in (0, 1]"),
                           (["--eval-data", str(tmp_path)], "--eval-data is for image folders"),
+                          (["--resolutions", "12,16"], "--resolutions lists the training resolution 16"),
                           (["--models", "DiT-S/2,DiT-Q/2"], "unknown model 'DiT-Q/2'"),
                           (["--set", "train.nope=1"], "unknown config key train.nope")]:
         assert main(["compare", *out, *args]) == 2
@@ -194,3 +198,52 @@ def test_the_judge_starts_from_its_seed_whatever_ran_before(tmp_path):
         assert accuracy is None  # no held-out set given
         judges.append(judge.state_dict())
     assert judges[0].keys() == judges[1].keys() and all(torch.equal(judges[0][k], judges[1][k]) for k in judges[0])
+
+
+@pytest.mark.slow
+def test_other_resolutions_are_scored_by_a_judge_of_each_size_with_every_position_encoding(tmp_path, capsys):
+    out = tmp_path / "sizes"
+    assert main(["compare", "--out", str(out), *TINY, "--resolutions", "12,24"]) == 0
+    assert "[other resolutions 2/2] DiT-LLaMA-S/2 seed 0" in capsys.readouterr().out
+    assert (out / "judge-12px" / "metrics.json").is_file() and (out / "judge-24px" / "metrics.json").is_file()
+    llama = json.loads((out / "runs/DiT-LLaMA-S-2/seed-0/resolution_scores.json").read_text())
+    dit = json.loads((out / "runs/DiT-S-2/seed-0/resolution_scores.json").read_text())
+    assert set(llama) == {"AS2DRoPE", "RoPE, unscaled"} and set(dit) == {"sin-cos for the grid"}
+    assert all(set(by_size) == {"12", "16", "24"} for by_size in (*llama.values(), *dit.values()))
+    results = json.loads((out / "results.json").read_text())
+    cell = results["resolutions"]["DiT-LLaMA-S/2"]["RoPE, unscaled"]["24"]["class_accuracy"]
+    assert cell["per_seed"] == [llama["RoPE, unscaled"]["24"]["class_accuracy"]]
+    table = (out / "results.md").read_text()
+    assert "| DiT-LLaMA-S/2 | AS2DRoPE |" in table and "16px (trained)" in table
+    assert Image.open(out / "resolutions.png").size[0] > 500
+
+
+def test_each_position_encoding_reaches_the_sampled_denoiser(tmp_path, monkeypatch):
+    """Unscaled RoPE and AS2DRoPE sample the same images at the trained grid and different ones at
+    another: the encoding is applied, not only named."""
+    pipe = create_pipeline(tiny_model("DiT-LLaMA-S/2", in_channels=3), {"kind": "ddpm"}, [str(c) for c in range(10)])
+    pipe.save_pretrained(tmp_path / "pipeline")
+    sampled = []
+    monkeypatch.setattr(compare, "judge_scores", lambda judge, generated, labels, real: sampled.append(generated) or
+                        {"class_accuracy": 0.0, "feature_frechet_distance": 0.0})
+    monkeypatch.setitem(compare.OBJECTIVES, "ddpm", ({}, {"sampler": "ddim", "num_inference_steps": 4}))
+    settings = {**_settings(), "samples_per_class": 2}
+    for resolution in (16, 24):
+        data = RealData(settings, resolution)
+        for encoding in compare.POSITION_ENCODINGS["llama"]:
+            compare.score_pipeline(tmp_path / "pipeline", None, data, settings, 0, "cpu", encoding[1])
+    trained_scaled, trained_unscaled, other_scaled, other_unscaled = sampled
+    assert trained_scaled.shape[-1] == 16 and other_scaled.shape[-1] == 24
+    assert torch.equal(trained_scaled, trained_unscaled)
+    assert not torch.allclose(other_scaled, other_unscaled, atol=1e-3)
+
+
+def test_the_resolution_summary_is_per_model_encoding_and_size():
+    settings = {"models": ["A"], "seeds": [0, 1]}
+    cell = lambda a, d: {"class_accuracy": a, "feature_frechet_distance": d}  # noqa: E731
+    scores = {"A": {0: {"AS2DRoPE": {"24": cell(0.5, 4.0), "8": cell(0.1, 9.0)}},
+                    1: {"AS2DRoPE": {"24": cell(0.7, 6.0), "8": cell(0.3, 7.0)}}}}
+    summary = summarise_resolutions(settings, scores)
+    assert list(summary["A"]["AS2DRoPE"]) == ["8", "24"]  # ascending sizes, not string order
+    assert summary["A"]["AS2DRoPE"]["24"]["class_accuracy"]["mean"] == pytest.approx(0.6)
+    assert summary["A"]["AS2DRoPE"]["8"]["feature_frechet_distance"]["std"] == pytest.approx(2 ** 0.5)

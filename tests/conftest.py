@@ -11,6 +11,15 @@ from PIL import Image
 from vlgen.models import create_model
 
 
+@pytest.fixture
+def fresh_accelerate_state():
+    """accelerate keeps its state per process: tests that make Accelerators reset it after them."""
+    yield
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+
+
 def tiny_model(name="DiT-LLaMA-S/2", randomize=True, **overrides):
     """A small-width model of a registered family; randomize replaces the zero init (adaLN-Zero
     makes the output and most gradients exactly zero at init, which hides mistakes)."""

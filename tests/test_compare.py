@@ -21,10 +21,7 @@ TINY = ["--objective", "ddpm", "--models", "DiT-S/2,DiT-LLaMA-S/2", "--hidden-si
         "--set", "train.ema_decay=0.5"]
 
 
-@pytest.fixture(autouse=True)
-def fresh_accelerate_state():
-    yield
-    AcceleratorState._reset_state(reset_partial_state=True)
+pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")  # each test starts without accelerate's state
 
 
 def interrupt_after_total_steps(monkeypatch, steps):

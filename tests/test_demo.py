@@ -13,10 +13,7 @@ from vlgen.data.shapes import CLASS_NAMES
 from vlgen.training import load_config
 
 
-@pytest.fixture(autouse=True)
-def fresh_accelerate_state():
-    yield
-    AcceleratorState._reset_state(reset_partial_state=True)
+pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")  # each test starts without accelerate's state
 
 
 @pytest.mark.slow

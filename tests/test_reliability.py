@@ -20,10 +20,7 @@ TINY = ["--set", "model.hidden_size=32", "--set", "model.depth=1", "--set", "dat
         "--set", 'train.mixed_precision="no"']
 
 
-@pytest.fixture(autouse=True)
-def fresh_accelerate_state():
-    yield
-    AcceleratorState._reset_state(reset_partial_state=True)
+pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")  # each test starts without accelerate's state
 
 
 @pytest.fixture(scope="module")

@@ -18,10 +18,7 @@ from vlgen.training.checkpoint import list_checkpoints
 from vlgen.training.loop import Run
 
 
-@pytest.fixture(autouse=True)
-def fresh_accelerate_state():
-    yield
-    AcceleratorState._reset_state(reset_partial_state=True)
+pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")  # each test starts without accelerate's state
 
 
 def records(directory):

@@ -22,10 +22,7 @@ class Killed(Exception):
 ARGS = ["--num-samples", "11", "--batch-size", "4", "--num-inference-steps", "3"]
 
 
-@pytest.fixture(autouse=True)
-def fresh_accelerate_state():
-    yield
-    AcceleratorState._reset_state(reset_partial_state=True)
+pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")  # each test starts without accelerate's state
 
 
 @pytest.fixture(scope="module")

@@ -32,10 +32,7 @@ FRAMEWORKS = {"flow": ["objective.kind=flow", "model.name=SiT-LLaMA-S/4"],
               "ddpm": ["objective.kind=ddpm", "model.name=DiT-LLaMA-S/4"]}
 
 
-@pytest.fixture(autouse=True)
-def fresh_accelerate_state():
-    yield
-    AcceleratorState._reset_state(reset_partial_state=True)
+pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")  # each test starts without accelerate's state
 
 
 def tiny_config(output_dir, *overrides, framework="flow"):

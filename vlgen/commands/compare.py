@@ -208,6 +208,8 @@ def train_and_score(config, settings, seed, judge, data, device):
     scores = {int(step): value for step, value in read_json(run_dir / SCORES_FILE).items()}
     for checkpoint in list_checkpoints(run_dir):
         step = checkpoint_step(checkpoint)
+        if step % settings["eval_every"] and step != settings["steps"]:
+            continue  # written by a stop signal: not an evaluation point
         if step not in scores:
             with exported(checkpoint) as pipeline:
                 scores[step] = score_pipeline(pipeline, judge, data, settings, seed, device)

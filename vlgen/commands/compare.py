@@ -83,7 +83,7 @@ def comparison_settings(args):
     return settings
 
 
-def _check_args(args):
+def _check_args(args, settings):
     for name in ("steps", "eval_every", "batch_size", "classifier_steps"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be a positive integer, got {getattr(args, name)}")
@@ -92,7 +92,7 @@ def _check_args(args):
                          f"got {args.samples_per_class}")
     if not 0 < args.target_accuracy <= 1:
         raise ValueError(f"--target-accuracy must be in (0, 1], got {args.target_accuracy}")
-    if args.resolutions and args.resolution in parse_list(args.resolutions, int, "--resolutions"):
+    if args.resolution in settings["resolutions"]:
         raise ValueError(f"--resolutions lists the training resolution {args.resolution}, which is always scored; "
                          "list only other sizes")
     if args.eval_data and args.data == "shapes":
@@ -219,24 +219,30 @@ def train_and_score(config, settings, seed, judge, data, device):
     return scores
 
 
-def score_resolutions(run_dir, settings, seed, judges, device):
-    """The last checkpoint sampled at every resolution with each position encoding of its block
-    type; returns {encoding: {resolution: scores}} (resolutions as strings, as JSON keeps them)."""
+def score_resolutions(run_dir, settings, seed, trained_scores, judges, device):
+    """The last checkpoint sampled at every other resolution with each position encoding of its
+    block type; returns {encoding: {resolution: scores}} (resolutions as strings, as JSON keeps
+    them). At the trained size every encoding places tokens as in training, so there each takes
+    trained_scores, the run's own score of that checkpoint."""
     path = run_dir / RESOLUTION_SCORES_FILE
     scores = read_json(path)
     last = list_checkpoints(run_dir)[-1]
-    block_type = VisionLLaMADenoiser.load_config(last / "ema")["block_type"]
-    with exported(last) as pipeline:
-        for encoding, values in POSITION_ENCODINGS[block_type]:
-            for judge, data in judges:
-                by_resolution = scores.setdefault(encoding, {})
-                if str(data.resolution) not in by_resolution:
-                    by_resolution[str(data.resolution)] = score_pipeline(pipeline, judge, data, settings, seed, device,
-                                                                         values)
-                    write_json(path, scores)
-                cell = by_resolution[str(data.resolution)]
-                print(f"  {data.resolution}px, {encoding}: class accuracy {cell['class_accuracy']:.3f}, feature "
-                      f"distance {cell['feature_frechet_distance']:.2f}")
+    encodings = POSITION_ENCODINGS[VisionLLaMADenoiser.load_config(last / "ema")["block_type"]]
+    for encoding, _ in encodings:
+        scores.setdefault(encoding, {})[str(settings["resolution"])] = trained_scores
+    missing = [(encoding, values, judge, data) for encoding, values in encodings for judge, data in judges
+               if str(data.resolution) not in scores[encoding]]
+    if missing:  # a resumed comparison exports only a checkpoint that still has sizes to score
+        with exported(last) as pipeline:
+            for encoding, values, judge, data in missing:
+                scores[encoding][str(data.resolution)] = score_pipeline(pipeline, judge, data, settings, seed, device,
+                                                                        values)
+                write_json(path, scores)
+    for encoding, by_resolution in scores.items():
+        for resolution in sorted(by_resolution, key=int):
+            cell = by_resolution[resolution]
+            print(f"  {resolution}px, {encoding}: class accuracy {cell['class_accuracy']:.3f}, feature "
+                  f"distance {cell['feature_frechet_distance']:.2f}")
     return scores
 
 
@@ -244,8 +250,8 @@ def run_comparison(args):
     """Trains and scores every (model, seed), then writes the results; returns results.json's content."""
     from accelerate import Accelerator
 
-    _check_args(args)
     settings = comparison_settings(args)
+    _check_args(args, settings)
     out = Path(args.out)
     precision = agreed_mixed_precision(args.mixed_precision)
     settings["precision"] = precision
@@ -276,11 +282,12 @@ def run_comparison(args):
     results = summarise(settings, scores, parameters, judge_accuracy, floor)
 
     if other_sizes:
-        judges = [(judge, data), *((judge_for(out, size, settings, accelerator)[0], size) for size in other_sizes)]
+        judges = [(judge_for(out, size, settings, accelerator)[0], size) for size in other_sizes]
         by_size = {model: {} for model in settings["models"]}
         for number, ((model, seed), config) in enumerate(configs.items(), 1):
             print(f"[other resolutions {number}/{len(configs)}] {model} seed {seed}")
-            by_size[model][seed] = score_resolutions(Path(config.logging.output_dir), settings, seed, judges,
+            by_size[model][seed] = score_resolutions(Path(config.logging.output_dir), settings, seed,
+                                                     scores[model][seed][settings["steps"]], judges,
                                                      accelerator.device)
         results["resolutions"] = summarise_resolutions(settings, by_size)
         resolutions_plot(results, out / "resolutions.png")

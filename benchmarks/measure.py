@@ -43,12 +43,15 @@ def peak_memory_mib(device):
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
-def training_step(model_name, device, precision, batch_size, latent_size=32, loop="vlgen"):
+def training_step(model_name, device, precision, batch_size, latent_size=32, loop="vlgen", compiled=False):
     """One full DDPM training step of a named model on random latents: DiT's hybrid loss (MSE + VLB,
     learned sigma) under autocast, backward, AdamW, EMA update. loop: "vlgen" (fused AdamW,
-    foreach EMA) or "reference" (the plain loop of reference_loop.py around the same model)."""
+    foreach EMA) or "reference" (the plain loop of reference_loop.py around the same model).
+    compiled: the denoiser compiled in place, as `model.compile: true` trains it."""
     torch.manual_seed(0)
     model = create_model(model_name, sample_size=latent_size).to(device).train()
+    if compiled:
+        model.compile()
     diffusion = create_diffusion()
     x = torch.randn(batch_size, 4, latent_size, latent_size, device=device)
     y = torch.randint(0, 1000, (batch_size,), device=device)
@@ -76,15 +79,26 @@ def training_step(model_name, device, precision, batch_size, latent_size=32, loo
     return step
 
 
-def measure_training(model_name, device, precision, batch_size, steps=8, warmup=2, latent_size=32, loop="vlgen"):
-    """Median step time, images/s, model FLOP per step (torch's FLOP counter) and FLOP/s, peak memory."""
-    step = training_step(model_name, device, precision, batch_size, latent_size, loop)
-    with FlopCounterMode(display=False) as counter:
-        step()
-    median = statistics.median(time_calls(step, device, steps, warmup))
-    flops = counter.get_total_flops()
-    return {"model": model_name, "step_s": median, "images_per_s": batch_size / median,
-            "gflop_per_step": flops / 1e9, "gflop_per_s": flops / 1e9 / median, "peak_mib": peak_memory_mib(device)}
+def measure_training(model_name, device, precision, batch_size, steps=8, warmup=2, latent_size=32, loop="vlgen",
+                     compiled=False):
+    """Median step time, images/s, model FLOP per step (torch's FLOP counter) and FLOP/s, peak memory.
+    Compiled: no FLOP count (the compiled graph hides its ops from the counter; the eager row has the
+    same FLOP), and compile_s, the warm-up steps' time beyond that of compiled steps: compilation
+    (and the recompilations of the first steps)."""
+    step = training_step(model_name, device, precision, batch_size, latent_size, loop, compiled)
+    result = {"model": model_name}
+    if not compiled:
+        with FlopCounterMode(display=False) as counter:
+            step()
+        result["gflop_per_step"] = counter.get_total_flops() / 1e9
+    warm = [seconds(step, device) for _ in range(warmup)]
+    median = statistics.median([seconds(step, device) for _ in range(steps)])
+    result.update(step_s=median, images_per_s=batch_size / median, peak_mib=peak_memory_mib(device))
+    if compiled:
+        result["compile_s"] = sum(warm) - warmup * median
+    else:
+        result["gflop_per_s"] = result["gflop_per_step"] / median
+    return result
 
 
 def random_weight_model(name, device):

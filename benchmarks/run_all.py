@@ -15,6 +15,10 @@ the rows (each timed configuration runs in its own subprocess, so its peak memor
 - train, reference loop: the same DiT-LLaMA-S/2 step as DiT's official training script runs it
   (reference_loop.py: numpy schedule tables, unfused foreach AdamW, Python EMA loop); vlgen's time
   as a multiple of it. The losses of the two loops are checked to agree first.
+- compiled: the DiT-LLaMA-S/2 training step and DDIM sampling with guidance with the denoiser
+  compiled in place (`torch.compile`, inductor), in each precision used: step time as a multiple
+  of the eager one, the compile time (the first calls' time beyond compiled calls), and after how
+  many steps the compilation has paid for itself.
 - sample: DDIM of DiT-LLaMA-S/2 without and with classifier-free guidance (fp32), and with
   guidance in bf16 weights (as a pipeline with torch_dtype=torch.bfloat16 runs it); DDPM with
   guidance, vlgen's sampler and the reference p_sample_loop with DiT's forward_with_cfg.
@@ -41,7 +45,9 @@ TARGETS = (  # (description, value key, limit, "min" or "max")
     ("fp32 training FLOP/s / fp32 matmul FLOP/s", "train_fp32_fraction", 0.70, "min"),
     ("vlgen fp32 training step / reference loop's step", "reference_train_ratio", 0.9, "max"),
     ("vlgen DDPM CFG sampling / reference p_sample_loop", "reference_sample_ratio", 0.9, "max"),
+    ("bf16 training FLOP/s / bf16 matmul FLOP/s", "train_bf16_fraction", 0.5, "min"),
     ("bf16 step / fp32 step", "bf16_step_ratio", 0.5, "max"),
+    ("compiled bf16 CFG sampling / eager bf16", "compile_sampling_ratio_bf16", 0.7, "max"),
     ("DiT-LLaMA step / DiT step (fp32)", "llama_dit_ratio", 1.10, "max"),
     ("sampling with CFG / without", "cfg_ratio", 2.1, "max"),
     ("bf16 CFG sampling / fp32 CFG sampling", "bf16_sampling_ratio", 0.5, "max"),
@@ -59,9 +65,11 @@ def measure_matmul(device, dtype_name, size=2048, repeats=10):
     return {"gflop_per_s": 2 * size**3 / min(times) / 1e9}
 
 
-def measure_sampling(device, guidance, precision, batch_size, num_steps, sampler="ddim", loop="vlgen", repeats=2):
+def measure_sampling(device, guidance, precision, batch_size, num_steps, sampler="ddim", loop="vlgen", compiled=False,
+                     repeats=2):
     """Sampling of DiT-LLaMA-S/2 with random weights: vlgen's DDIM or DDPM sampler, or (loop
-    "reference", DDPM only) the reference p_sample_loop with DiT's forward_with_cfg."""
+    "reference", DDPM only) the reference p_sample_loop with DiT's forward_with_cfg. compiled: the
+    denoiser compiled in place first; first_s is the first batch, its compilation included."""
     from reference_loop import forward_with_cfg, reference_diffusion
     from sampling import classifier_free_guidance, sample_ddim, sample_ddpm
     from vlgen.diffusion import create_diffusion
@@ -69,6 +77,8 @@ def measure_sampling(device, guidance, precision, batch_size, num_steps, sampler
     model = random_weight_model("DiT-LLaMA-S/2", device)
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32
     model.to(dtype)
+    if compiled:
+        model.compile()
 
     def denoise(x, t, y):  # as the pipelines run a torch_dtype model: sampler arithmetic in fp32
         return model(x.to(dtype), t, y).float()
@@ -96,8 +106,10 @@ def measure_sampling(device, guidance, precision, batch_size, num_steps, sampler
             with torch.inference_mode():
                 sample(denoise, diffusion, noise, progress=False, y=labels)
 
-    times = time_calls(run, device, repeats)
-    return {"batch_s": min(times), "images_per_s": batch_size / min(times), "peak_mib": peak_memory_mib(device)}
+    first = seconds(run, device)
+    times = time_calls(run, device, repeats, warmup=0)
+    return {"batch_s": min(times), "images_per_s": batch_size / min(times), "first_s": first,
+            "peak_mib": peak_memory_mib(device)}
 
 
 def measure_fid(device, num_images=100, batch_size=50, repeats=2):
@@ -192,11 +204,21 @@ def machine_lines(device):
     return lines, choice == "bf16"
 
 
+def pays_after(compile_s, compiled_s, eager_s, per=1):
+    """When compiling has paid for itself: its cost over the time each call saves, in steps (`per`
+    steps to a call)."""
+    saved = eager_s - compiled_s
+    if saved <= 0:
+        return "never pays for itself (no faster)"
+    return f"pays for itself after {compile_s / saved * per:,.0f} steps"
+
+
 MEASUREMENTS = {
     "matmul": lambda a: measure_matmul(a.device, a.dtype),
-    "train": lambda a: measure_training(a.model, a.device, a.precision, a.batch_size, loop=a.loop),
+    "train": lambda a: measure_training(a.model, a.device, a.precision, a.batch_size, loop=a.loop,
+                                        compiled=bool(a.compiled)),
     "sample": lambda a: measure_sampling(a.device, a.guidance, a.precision, a.batch_size, a.sample_steps, a.sampler,
-                                         a.loop),
+                                         a.loop, bool(a.compiled)),
     "same_loss": lambda a: {"largest": same_loss(a.device, a.batch_size)},
     "fid": lambda a: measure_fid(a.device),
     "memory": lambda a: measure_checkpointing_memory(),
@@ -229,6 +251,7 @@ def main():
     parser.add_argument("--guidance", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--sampler", default="ddim", help=argparse.SUPPRESS)
     parser.add_argument("--loop", default="vlgen", help=argparse.SUPPRESS)
+    parser.add_argument("--compiled", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.kind is not None:
         return child(args)
@@ -255,6 +278,7 @@ def main():
                      f"{r['gflop_per_s']:.1f} GFLOP/s = {fraction:.2f} x matmul", f"{r['peak_mib']:.0f}"))
     values["train_fp32_fraction"] = train["DiT-LLaMA-S/2", "fp32"]["gflop_per_s"] / matmul["fp32"]
     if bf16_used:
+        values["train_bf16_fraction"] = train["DiT-LLaMA-S/2", "bf16"]["gflop_per_s"] / matmul["bf16"]
         values["bf16_step_ratio"] = train["DiT-LLaMA-S/2", "bf16"]["step_s"] / train["DiT-LLaMA-S/2", "fp32"]["step_s"]
     values["llama_dit_ratio"] = train["DiT-LLaMA-S/2", "fp32"]["step_s"] / train["DiT-S/2", "fp32"]["step_s"]
     reference = run_child(common, "train", model="DiT-LLaMA-S/2", precision="fp32", loop="reference")
@@ -262,6 +286,16 @@ def main():
     rows.append(("train DiT-LLaMA-S/2 fp32, reference loop", f"{reference['step_s']:.3f} s/step",
                  f"{reference['images_per_s']:.2f} img/s",
                  f"vlgen = {values['reference_train_ratio']:.2f} x its time", f"{reference['peak_mib']:.0f}"))
+    for precision in precisions:  # the denoiser compiled in place, as model.compile: true trains it
+        r = run_child(common, "train", model="DiT-LLaMA-S/2", precision=precision, compiled=1)
+        eager = train["DiT-LLaMA-S/2", precision]
+        values[f"compile_train_ratio_{precision}"] = r["step_s"] / eager["step_s"]
+        rate = eager["gflop_per_step"] / r["step_s"]
+        rows.append((f"train DiT-LLaMA-S/2 {precision}, compiled", f"{r['step_s']:.3f} s/step",
+                     f"{r['images_per_s']:.2f} img/s",
+                     f"{rate:.1f} GFLOP/s = {rate / matmul[precision]:.2f} x matmul; "
+                     f"{values[f'compile_train_ratio_{precision}']:.2f} x eager; compiling {r['compile_s']:.0f} s, "
+                     f"{pays_after(r['compile_s'], r['step_s'], eager['step_s'])}", f"{r['peak_mib']:.0f}"))
     sample = {}
     for guidance, precision in [(0, "fp32"), (1, "fp32")] + ([(1, "bf16")] if bf16_used else []):
         r = sample[guidance, precision] = run_child(common, "sample", guidance=guidance, precision=precision)
@@ -270,6 +304,16 @@ def main():
     values["cfg_ratio"] = sample[0, "fp32"]["images_per_s"] / sample[1, "fp32"]["images_per_s"]
     if bf16_used:
         values["bf16_sampling_ratio"] = sample[1, "fp32"]["images_per_s"] / sample[1, "bf16"]["images_per_s"]
+    for precision in precisions:
+        r = run_child(common, "sample", guidance=1, precision=precision, compiled=1)
+        eager = sample[1, precision]
+        values[f"compile_sampling_ratio_{precision}"] = r["batch_s"] / eager["batch_s"]
+        compile_s = r["first_s"] - r["batch_s"]
+        steps = pays_after(compile_s, r["batch_s"], eager["batch_s"], per=args.sample_steps)
+        rows.append((f"sample DDIM-{args.sample_steps} CFG {precision}, compiled", f"{r['batch_s']:.2f} s/batch",
+                     f"{r['images_per_s']:.2f} img/s",
+                     f"{values[f'compile_sampling_ratio_{precision}']:.2f} x eager; compiling {compile_s:.0f} s, "
+                     f"{steps.replace('steps', 'sampling steps')}", f"{r['peak_mib']:.0f}"))
     ddpm = {loop: run_child(common, "sample", guidance=1, precision="fp32", sampler="ddpm", loop=loop)
             for loop in ("vlgen", "reference")}
     values["reference_sample_ratio"] = ddpm["vlgen"]["batch_s"] / ddpm["reference"]["batch_s"]

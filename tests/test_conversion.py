@@ -89,6 +89,12 @@ def test_swiglu_halves_map_to_gate_and_up():
     assert torch.allclose(model.blocks[0].mlp(x), expected, atol=1e-5)
 
 
+def test_an_ablation_model_has_no_reference_layout():
+    model = VisionLLaMADenoiser(hidden_size=32, depth=1, num_heads=2, block_type="dit", mlp_type="swiglu")
+    with pytest.raises(ValueError, match="ablation"):
+        to_reference_state_dict(model)
+
+
 def test_missing_unexpected_and_misshapen_keys_are_named():
     reference = reference_state_dict(llama=False)
     missing = dict(reference)

@@ -141,3 +141,22 @@ def test_bad_configurations_raise_clear_errors():
         VisionLLaMADenoiser(hidden_size=30, num_heads=4, depth=1)
 
 
+
+
+@pytest.mark.parametrize("name, mlp_type", [("DiT-LLaMA-S/2", "gelu"), ("DiT-S/2", "swiglu")])
+def test_ablation_swaps_the_mlp_and_keeps_the_position_encoding(name, mlp_type):
+    """mlp_type gives a block type the other's MLP; positions stay the block type's (RoPE for
+    llama, the sin-cos table for dit), and the swapped model still round-trips its config."""
+    own, swapped = tiny_model(name), tiny_model(name, mlp_type=mlp_type)
+    mlp_class = {"gelu": "GeluMLP", "swiglu": "SwiGLU"}[mlp_type]
+    assert all(type(block.mlp).__name__ == mlp_class for block in swapped.blocks)
+    assert type(own.blocks[0].mlp).__name__ != mlp_class
+    assert (swapped.rope is None) == (own.rope is None) == (name == "DiT-S/2")
+    x, t, y = torch.randn(2, 4, 16, 16), torch.tensor([3, 500]), torch.tensor([1, 2])
+    assert swapped(x, t, y).shape == own(x, t, y).shape
+    assert VisionLLaMADenoiser.from_config(swapped.config).config.mlp_type == mlp_type
+
+
+def test_an_unknown_mlp_type_is_refused():
+    with pytest.raises(ValueError, match="mlp_type must be one of"):
+        VisionLLaMADenoiser(hidden_size=32, depth=1, num_heads=2, mlp_type="relu")

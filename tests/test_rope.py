@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from vlgen.models.rope import RotaryEmbedding2D, apply_rope, rope_2d_angles
+from vlgen.models.rope import RotaryEmbedding2D, apply_rope, rope_2d_angles, rotate_real
 
 
 def _rotate_at(vector, head_dim, grid, positions, auto_scale=False, base=None):
@@ -51,6 +51,9 @@ def test_rotation_equals_complex_multiplication():
     angles = rope_2d_angles(8, 3, 4).float()
     expected = torch.view_as_real(torch.view_as_complex(x.unflatten(-1, (-1, 2))) * torch.polar(torch.ones_like(angles), angles))
     assert torch.allclose(apply_rope(x, cos, signed_sin), expected.flatten(-2), atol=1e-5)
+    # The real-arithmetic rotation of compiled graphs, in both precisions.
+    assert torch.allclose(rotate_real(x, cos, signed_sin), expected.flatten(-2), atol=1e-5)
+    assert rotate_real(x.bfloat16(), cos, signed_sin).dtype == torch.bfloat16
 
 
 def test_pair_layout_matches_reference_convention():

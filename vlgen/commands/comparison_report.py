@@ -60,8 +60,9 @@ def results_table(results):
         lines.append(f"| {model} | {entry['parameters']:,} | {_mean_std(last['class_accuracy'], 3)} | "
                      f"{_mean_std(last['feature_frechet_distance'], 2)} | "
                      f"{reached if reached is not None else 'not reached by ' + str(settings['steps'])} |")
+    overrides = f" Every run with {', '.join(settings['overrides'])}." if settings.get("overrides") else ""
     lines += ["", f"Mean ± standard deviation over {seeds} seed{'s' if seeds > 1 else ''} "
-                  f"({', '.join(map(str, settings['seeds']))}).", "",
+                  f"({', '.join(map(str, settings['seeds']))}).{overrides}", "",
               "| step | " + " | ".join(f"{m} accuracy | {m} distance" for m in results["models"]) + " |",
               "|---:|" + "---:|---:|" * len(results["models"])]
     steps = [row["step"] for row in next(iter(results["models"].values()))["curve"]]

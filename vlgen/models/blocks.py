@@ -35,14 +35,20 @@ class AdaLNZeroBlock(nn.Module):
         return x
 
 
-def llama_block(dim, num_heads, norm_eps=1e-6, mlp_norm_eps=1e-6):
-    """VisionLLaMA generation block: RoPE attention (tables passed in forward) and SwiGLU."""
-    return AdaLNZeroBlock(dim, Attention(dim, num_heads), SwiGLU(dim, swiglu_hidden_size(dim)), norm_eps, mlp_norm_eps)
+MLP_TYPES = ("swiglu", "gelu")
 
 
-def dit_block(dim, num_heads, mlp_ratio=4.0, norm_eps=1e-6, mlp_norm_eps=1e-6):
-    """Plain DiT block: attention without RoPE and a GELU-tanh MLP of width mlp_ratio * dim."""
-    return AdaLNZeroBlock(dim, Attention(dim, num_heads), GeluMLP(dim, int(dim * mlp_ratio)), norm_eps, mlp_norm_eps)
+def transformer_block(dim, num_heads, mlp_type, mlp_ratio=4.0, norm_eps=1e-6, mlp_norm_eps=1e-6):
+    """One adaLN-Zero block. mlp_type "swiglu": the VisionLLaMA block's SwiGLU at LLaMA's hidden
+    width (it gets RoPE tables in forward); "gelu": the plain DiT block's GELU-tanh MLP of width
+    mlp_ratio * dim (on position-embedded tokens)."""
+    if mlp_type == "swiglu":
+        mlp = SwiGLU(dim, swiglu_hidden_size(dim))
+    elif mlp_type == "gelu":
+        mlp = GeluMLP(dim, int(dim * mlp_ratio))
+    else:
+        raise ValueError(f"mlp_type must be one of {MLP_TYPES}, got {mlp_type!r}")
+    return AdaLNZeroBlock(dim, Attention(dim, num_heads), mlp, norm_eps, mlp_norm_eps)
 
 
 class FinalLayer(nn.Module):

@@ -11,7 +11,7 @@ import re
 import torch
 
 from vlgen.core.tensor_files import load_tensor_file
-from vlgen.models.denoiser import VisionLLaMADenoiser
+from vlgen.models.denoiser import OWN_MLP, VisionLLaMADenoiser
 from vlgen.models.embeddings import sincos_pos_embed_2d
 from vlgen.models.registry import FAMILIES, SIZES
 
@@ -120,6 +120,9 @@ def from_reference_state_dict(state_dict, source_format, sample_size=None):
 def to_reference_state_dict(model):
     """The model's weights under the reference key names (with the reference's fixed pos_embed)."""
     cfg = model.config
+    if cfg.get("mlp_type") not in (None, OWN_MLP[cfg.block_type]):
+        raise ValueError(f"a {cfg.block_type} model with a {cfg.mlp_type} MLP (an ablation) has no reference "
+                         "checkpoint layout to convert to")
     ours = model.state_dict()
     out = {ref: ours[key] for ref, key in reference_key_pairs(cfg.block_type, cfg.depth)}
     if cfg.block_type == "llama":

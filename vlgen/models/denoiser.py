@@ -2,7 +2,9 @@
 
 block_type="llama": VisionLLaMA blocks (2D RoPE / AS2DRoPE attention, SwiGLU), no absolute
 position embedding. block_type="dit": the plain DiT baseline (fixed 2D sin-cos position
-embedding, GELU MLP). Both use adaLN-Zero conditioning on timestep + class label.
+embedding, GELU MLP). Both use adaLN-Zero conditioning on timestep + class label. mlp_type gives
+a block type the other's MLP, for ablations that separate the two changes (no reference
+checkpoint has such a model).
 """
 import torch
 from diffusers.configuration_utils import ConfigMixin, register_to_config
@@ -11,11 +13,12 @@ from torch import nn
 from torch.nn import functional as F
 
 from vlgen.core.guidance import classifier_free_guidance
-from vlgen.models.blocks import FinalLayer, dit_block, llama_block
+from vlgen.models.blocks import FinalLayer, transformer_block
 from vlgen.models.embeddings import LabelEmbedder, TimestepEmbedder, sincos_pos_embed_2d
 from vlgen.models.rope import RotaryEmbedding2D
 
 BLOCK_TYPES = ("llama", "dit")
+OWN_MLP = {"llama": "swiglu", "dit": "gelu"}  # each block type's own MLP (mlp_type=None)
 
 
 class VisionLLaMADenoiser(ModelMixin, ConfigMixin):
@@ -52,6 +55,7 @@ class VisionLLaMADenoiser(ModelMixin, ConfigMixin):
         mlp_norm_eps: float | None = None,
         frequency_embedding_size: int = 256,
         timestep_freq_shift: int = 0,
+        mlp_type: str | None = None,
     ):
         super().__init__()
         if block_type not in BLOCK_TYPES:
@@ -66,13 +70,11 @@ class VisionLLaMADenoiser(ModelMixin, ConfigMixin):
         self.patch_embed = nn.Conv2d(in_channels, hidden_size, kernel_size=patch_size, stride=patch_size)
         self.t_embedder = TimestepEmbedder(hidden_size, frequency_embedding_size, timestep_freq_shift)
         self.y_embedder = LabelEmbedder(num_classes, hidden_size, class_dropout_prob)
-        if block_type == "llama":
-            self.rope = RotaryEmbedding2D(hidden_size // num_heads, self.base_grid, rope_theta, rope_auto_scale)
-            blocks = [llama_block(hidden_size, num_heads, norm_eps, mlp_norm_eps) for _ in range(depth)]
-        else:
-            self.rope = None
-            blocks = [dit_block(hidden_size, num_heads, mlp_ratio, norm_eps, mlp_norm_eps) for _ in range(depth)]
-        self.blocks = nn.ModuleList(blocks)
+        self.rope = (RotaryEmbedding2D(hidden_size // num_heads, self.base_grid, rope_theta, rope_auto_scale)
+                     if block_type == "llama" else None)
+        mlp_type = mlp_type or OWN_MLP[block_type]
+        self.blocks = nn.ModuleList(transformer_block(hidden_size, num_heads, mlp_type, mlp_ratio, norm_eps, mlp_norm_eps)
+                                    for _ in range(depth))
         self.final_layer = FinalLayer(hidden_size, patch_size, 2 * in_channels if learn_sigma else in_channels, norm_eps)
         self._pos_embed_cache = {}
         self.gradient_checkpointing = False
@@ -123,8 +125,9 @@ class VisionLLaMADenoiser(ModelMixin, ConfigMixin):
             )
         if y.shape != (x.shape[0],) or y.dtype.is_floating_point or y.dtype == torch.bool:
             raise ValueError(f"labels must be an integer tensor of shape ({x.shape[0]},), got {y.dtype} {tuple(y.shape)}")
-        # Checking the range needs the values on the host: only done where that costs no device sync.
-        if y.device.type == "cpu" and y.numel():
+        # Checking the range needs the values on the host: only done where that costs no device sync,
+        # and not in a compiled graph, which reading values would break in two.
+        if y.device.type == "cpu" and y.numel() and not torch.compiler.is_compiling():
             highest = cfg.num_classes if self.null_class_id is not None else cfg.num_classes - 1
             low, high = int(y.min()), int(y.max())
             if low < 0 or high > highest:

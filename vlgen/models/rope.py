@@ -52,10 +52,20 @@ def apply_rope(x, cos, signed_sin):
     (x0 cos - x1 sin, x1 cos + x0 sin). cos: (T, head_dim), each pair's value twice; signed_sin:
     (T, head_dim), (-sin, +sin) per pair. In float32 like the reference, as one complex product
     (x0 + i x1)(cos + i sin) over a view of x: no copy of x, less than half the time of the same
-    rotation in real arithmetic, forward and backward."""
+    rotation in real arithmetic, forward and backward. In a compiled graph, rotate_real instead."""
+    if torch.compiler.is_compiling():
+        return rotate_real(x, cos, signed_sin)
     rotation = torch.complex(cos[..., 0::2], signed_sin[..., 1::2])
     pairs = torch.view_as_complex(x.float().unflatten(-1, (-1, 2)))
     return torch.view_as_real(pairs * rotation).flatten(-2).type_as(x)
+
+
+def rotate_real(x, cos, signed_sin):
+    """apply_rope's rotation in real arithmetic, for compiled graphs: inductor fuses it into one
+    kernel, but generates no code for complex operators (it would leave them to eager)."""
+    x0, x1 = x.float()[..., 0::2], x.float()[..., 1::2]
+    cos, sin = cos[..., 0::2], signed_sin[..., 1::2]
+    return torch.stack((x0 * cos - x1 * sin, x1 * cos + x0 * sin), dim=-1).flatten(-2).type_as(x)
 
 
 class RotaryEmbedding2D(nn.Module):

@@ -64,7 +64,8 @@ def data_info(dataset):
 
 def build_model(model, info):
     """The denoiser for data of this shape; the patch size must divide the data's size."""
-    overrides = {key: getattr(model, key) for key in ("hidden_size", "depth", "num_heads") if getattr(model, key)}
+    overrides = {key: getattr(model, key) for key in ("hidden_size", "depth", "num_heads", "mlp_type")
+                 if getattr(model, key)}
     patch = model_config(model.name)["patch_size"]
     if info["size"] % patch:
         raise ValueError(f"{model.name} has patch size {patch}, which does not divide the data's size "

@@ -20,6 +20,7 @@ class ModelConfig:
     depth: int | None = 4
     num_heads: int | None = 4
     class_dropout_prob: float = 0.1  # labels dropped to the null class, for classifier-free guidance
+    mlp_type: str | None = None  # None: the block's own MLP; "gelu" / "swiglu" gives it the other's (ablations)
     gradient_checkpointing: bool = False
     compile: bool = False  # torch.compile the denoiser (off: on CPU it pays little for its compile time)
 

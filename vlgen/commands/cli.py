@@ -69,7 +69,7 @@ def _cmd_fid(args):
 def _cmd_train(args):
     from vlgen.commands.train import run_training
 
-    run_training(args)
+    return run_training(args)  # the run is freed only after main has closed the process group
 
 
 def _cmd_sample(args):
@@ -356,6 +356,16 @@ def build_parser():
     return parser
 
 
+def close_process_group():
+    """End a multi-process run while every process is still there: a barrier, then the process
+    group's orderly shutdown. Left to the objects' teardown, a worker was seen to hang after its
+    last step, waiting on a process that had already exited."""
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
+
+
 def main(argv=None):
     from vlgen.commands.allocator import keep_freed_memory
     from vlgen.commands.launcher import check_launcher
@@ -376,7 +386,9 @@ def main(argv=None):
     from vlgen.core.signals import Stopped
 
     try:
-        args.func(args)
+        result = args.func(args)
+        close_process_group()
+        del result  # what the command returned (a training run) is freed only now, after the group
     except USER_ERRORS as error:
         print(f"vlgen {args.command}: error: {error}", file=sys.stderr)
         return 2

@@ -204,13 +204,13 @@ def machine_lines(device):
     return lines, choice == "bf16"
 
 
-def pays_after(compile_s, compiled_s, eager_s, per=1):
-    """When compiling has paid for itself: its cost over the time each call saves, in steps (`per`
-    steps to a call)."""
+def pays_after(compile_s, compiled_s, eager_s, per=1, unit="steps"):
+    """When compiling has paid for itself: its cost over the time each call saves, in `unit` (`per`
+    of them to a call)."""
     saved = eager_s - compiled_s
     if saved <= 0:
         return "never pays for itself (no faster)"
-    return f"pays for itself after {compile_s / saved * per:,.0f} steps"
+    return f"pays for itself after {compile_s / saved * per:,.0f} {unit}"
 
 
 MEASUREMENTS = {
@@ -309,11 +309,11 @@ def main():
         eager = sample[1, precision]
         values[f"compile_sampling_ratio_{precision}"] = r["batch_s"] / eager["batch_s"]
         compile_s = r["first_s"] - r["batch_s"]
-        steps = pays_after(compile_s, r["batch_s"], eager["batch_s"], per=args.sample_steps)
+        pays = pays_after(compile_s, r["batch_s"], eager["batch_s"], per=args.sample_steps, unit="sampling steps")
         rows.append((f"sample DDIM-{args.sample_steps} CFG {precision}, compiled", f"{r['batch_s']:.2f} s/batch",
                      f"{r['images_per_s']:.2f} img/s",
                      f"{values[f'compile_sampling_ratio_{precision}']:.2f} x eager; compiling {compile_s:.0f} s, "
-                     f"{steps.replace('steps', 'sampling steps')}", f"{r['peak_mib']:.0f}"))
+                     f"{pays}", f"{r['peak_mib']:.0f}"))
     ddpm = {loop: run_child(common, "sample", guidance=1, precision="fp32", sampler="ddpm", loop=loop)
             for loop in ("vlgen", "reference")}
     values["reference_sample_ratio"] = ddpm["vlgen"]["batch_s"] / ddpm["reference"]["batch_s"]

@@ -10,11 +10,18 @@ keeps every usable core busy with a spinning process. The ratio loaded / quiet i
 from the usable CPUs, OpenMP's idle threads sleeping); --policy torch-default leaves torch's
 defaults (every core, OpenMP's spinning wait), the behaviour before the policy.
 
+--whole-demo runs `vlgen demo` from start to end instead (judge, training, sampling, scoring; about
+25 minutes quiet on 2 AVX2 cores in float32), quiet and then loaded, or only under the conditions
+named; extra demo options go in --demo-args. The demo applies vlgen's thread policy itself.
+
     python benchmarks/bench_contention.py [--policy vlgen|torch-default] [--steps 40] [--data-workers N]
+    python benchmarks/bench_contention.py --whole-demo [--conditions quiet,loaded] [--demo-args "--steps 1000"]
 """
 import argparse
+import contextlib
 import json
 import os
+import shlex
 import statistics
 import subprocess
 import sys
@@ -76,22 +83,52 @@ def child(args):
     print(json.dumps({"median_s": statistics.median(times), "threads": torch.get_num_threads()}))
 
 
-def measure(kind, args, loaded):
+@contextlib.contextmanager
+def competition(loaded):
+    """The environment for a measured process, with every usable core kept busy while `loaded`.
+    OpenMP settings are left to the policy under test."""
     from vlgen.core.threads import usable_cpus
 
     environment = {key: value for key, value in os.environ.items()
                    if key not in ("OMP_WAIT_POLICY", "OMP_NUM_THREADS")}
     busy = busy_processes(usable_cpus()) if loaded else []
     try:
-        command = [sys.executable, __file__, "--child", kind, "--policy", args.policy, "--steps", str(args.steps)]
-        if args.data_workers is not None:
-            command += ["--data-workers", str(args.data_workers)]
-        output = subprocess.run(command, check=True, capture_output=True, text=True, env=environment).stdout
+        yield environment
     finally:
         for process in busy:
             process.kill()
             process.wait()
+
+
+def measure(kind, args, loaded):
+    command = [sys.executable, __file__, "--child", kind, "--policy", args.policy, "--steps", str(args.steps)]
+    if args.data_workers is not None:
+        command += ["--data-workers", str(args.data_workers)]
+    with competition(loaded) as environment:
+        output = subprocess.run(command, check=True, capture_output=True, text=True, env=environment).stdout
     return json.loads(output.strip().splitlines()[-1])
+
+
+def whole_demo(conditions, demo_args):
+    """Run `vlgen demo` from start to end under each condition ("quiet" or "loaded"); print its own
+    timings and scores, and the loaded / quiet ratio of the whole command when both ran."""
+    print(f"{'condition':<10} {'wall s':>8} {'judge s':>8} {'train s':>8} {'sample s':>9} {'accuracy':>9}")
+    walls = {}
+    for condition in conditions:
+        with tempfile.TemporaryDirectory() as scratch, competition(condition == "loaded") as environment:
+            out = Path(scratch) / "demo-output"
+            started = time.perf_counter()
+            result = subprocess.run([sys.executable, "-m", "vlgen", "demo", "--out", str(out), *demo_args],
+                                    env=environment, capture_output=True, text=True)
+            walls[condition] = time.perf_counter() - started
+            if result.returncode:  # its progress bars are kept out of the table, its errors are not
+                sys.exit(f"vlgen demo failed ({condition}):\n{result.stderr[-4000:]}")
+            metrics = json.loads((out / "metrics.json").read_text())
+        seconds = metrics["seconds"]
+        print(f"{condition:<10} {walls[condition]:>8.0f} {seconds['judge']:>8.0f} {seconds['denoiser_training']:>8.0f} "
+              f"{seconds['sampling']:>9.0f} {metrics['generated_class_accuracy']:>9.3f}", flush=True)
+    if len(walls) == 2:
+        print(f"whole demo, loaded / quiet: {walls['loaded'] / walls['quiet']:.2f}")
 
 
 def main():
@@ -100,11 +137,22 @@ def main():
     parser.add_argument("--steps", type=int, default=40, help="timed demo steps (the S/2 step times an eighth)")
     parser.add_argument("--data-workers", type=int, default=None,
                         help="the demo step's data-loader processes (default: the demo's own)")
+    parser.add_argument("--whole-demo", action="store_true", help="time `vlgen demo` from start to end instead")
+    parser.add_argument("--conditions", default="quiet,loaded", help="with --whole-demo: quiet, loaded or both")
+    parser.add_argument("--demo-args", default="", help='with --whole-demo: options for the demo, e.g. "--steps 1000"')
     parser.add_argument("--child", dest="kind", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.kind is not None:
         return child(args)
     from vlgen.core.threads import usable_cpus
+
+    if args.whole_demo:
+        conditions = args.conditions.split(",")
+        if not conditions or set(conditions) - {"quiet", "loaded"}:
+            parser.error(f"--conditions takes quiet, loaded or quiet,loaded, not {args.conditions!r}")
+        print(f"vlgen demo {args.demo_args or '(defaults)'}, {usable_cpus()} usable CPUs, load average {os.getloadavg()[0]:.2f} "
+              f"at start; loaded: {usable_cpus()} spinning processes")
+        return whole_demo(conditions, shlex.split(args.demo_args))
 
     workers = "the demo's" if args.data_workers is None else args.data_workers
     print(f"policy {args.policy}, {workers} data workers, {usable_cpus()} usable CPUs, load average {os.getloadavg()[0]:.2f} at start; "

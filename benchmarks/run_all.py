@@ -65,11 +65,10 @@ def measure_matmul(device, dtype_name, size=2048, repeats=10):
     return {"gflop_per_s": 2 * size**3 / min(times) / 1e9}
 
 
-def measure_sampling(device, guidance, precision, batch_size, num_steps, sampler="ddim", loop="vlgen", compiled=False,
-                     repeats=2):
-    """Sampling of DiT-LLaMA-S/2 with random weights: vlgen's DDIM or DDPM sampler, or (loop
-    "reference", DDPM only) the reference p_sample_loop with DiT's forward_with_cfg. compiled: the
-    denoiser compiled in place first; first_s is the first batch, its compilation included."""
+def sampling_run(device, guidance, precision, batch_size, num_steps, sampler="ddim", loop="vlgen", compiled=False):
+    """A call that samples one batch with DiT-LLaMA-S/2 of random weights: vlgen's DDIM or DDPM
+    sampler, or (loop "reference", DDPM only) the reference p_sample_loop with DiT's
+    forward_with_cfg. compiled: the denoiser compiled in place first."""
     from reference_loop import forward_with_cfg, reference_diffusion
     from sampling import classifier_free_guidance, sample_ddim, sample_ddpm
     from vlgen.diffusion import create_diffusion
@@ -105,7 +104,14 @@ def measure_sampling(device, guidance, precision, batch_size, num_steps, sampler
         def run():
             with torch.inference_mode():
                 sample(denoise, diffusion, noise, progress=False, y=labels)
+    return run
 
+
+def measure_sampling(device, guidance, precision, batch_size, num_steps, sampler="ddim", loop="vlgen", compiled=False,
+                     repeats=2):
+    """sampling_run timed: best of `repeats` batches; first_s is the first batch, with the
+    compilation of a compiled denoiser."""
+    run = sampling_run(device, guidance, precision, batch_size, num_steps, sampler, loop, compiled)
     first = seconds(run, device)
     times = time_calls(run, device, repeats, warmup=0)
     return {"batch_s": min(times), "images_per_s": batch_size / min(times), "first_s": first,

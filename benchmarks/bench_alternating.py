@@ -14,6 +14,7 @@ about. Here both sides of a ratio take turns in one process, so both see the sam
         [--repeats 8] [--precision fp32|bf16] [--batch-size 8] [--sample-steps 10] [--device cpu]
 """
 import argparse
+import functools
 import statistics
 import time
 
@@ -29,14 +30,11 @@ from run_all import pays_after, sampling_run  # noqa: E402
 
 def sides(args):
     """(baseline, other): the two (name, call) pairs of the chosen comparison."""
+    step = functools.partial(training_step, "DiT-LLaMA-S/2", args.device, args.precision, args.batch_size)
     if args.pair == "compile":
-        return (("eager", training_step("DiT-LLaMA-S/2", args.device, args.precision, args.batch_size)),
-                ("compiled", training_step("DiT-LLaMA-S/2", args.device, args.precision, args.batch_size,
-                                           compiled=True)))
+        return ("eager", step()), ("compiled", step(compiled=True))
     if args.pair == "reference-training":
-        return (("reference", training_step("DiT-LLaMA-S/2", args.device, args.precision, args.batch_size,
-                                            loop="reference")),
-                ("vlgen", training_step("DiT-LLaMA-S/2", args.device, args.precision, args.batch_size)))
+        return ("reference", step(loop="reference")), ("vlgen", step())
     return tuple((loop, sampling_run(args.device, 1, args.precision, args.batch_size, args.sample_steps, "ddpm", loop))
                  for loop in ("reference", "vlgen"))
 

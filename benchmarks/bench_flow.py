@@ -9,7 +9,7 @@ be downloaded here; a trained field is less smooth, so dopri5 needs more evaluat
 
 import torch
 
-from sampling import classifier_free_guidance, sample_ode
+from vlgen.sampling import classifier_free_guidance, sample_ode
 from measure import latent_batch, random_weight_model, sampling_arguments, seconds
 from vlgen.commands.allocator import keep_freed_memory
 from vlgen.transport import Transport

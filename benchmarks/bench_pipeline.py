@@ -10,8 +10,8 @@ would cost the same in both and hide the overhead.
 
 import torch
 
-from pipelines import create_pipeline
-from sampling import classifier_free_guidance, sample_ddpm, sample_ode
+from vlgen.pipelines import create_pipeline
+from vlgen.sampling import classifier_free_guidance, sample_ddpm, sample_ode
 from measure import latent_batch, random_weight_model, sampling_arguments, seconds
 from vlgen.commands.allocator import keep_freed_memory
 from vlgen.diffusion import create_diffusion

@@ -23,7 +23,7 @@ import torch
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from pipelines import load_pipeline  # noqa: E402
+from vlgen.pipelines import load_pipeline  # noqa: E402
 from vlgen.commands.demo import real_shapes  # noqa: E402
 from vlgen.commands.judging import REAL_IMAGES_SEED, judge_scores, load_judge  # noqa: E402
 from vlgen.data.shapes import ShapesDataset  # noqa: E402

@@ -8,7 +8,7 @@ forward of twice the batch, nothing else).
 import torch
 
 from measure import latent_batch, random_weight_model, sampling_arguments, seconds
-from sampling import classifier_free_guidance, sample_ddim, sample_ddpm
+from vlgen.sampling import classifier_free_guidance, sample_ddim, sample_ddpm
 from vlgen.commands.allocator import keep_freed_memory
 from vlgen.diffusion import create_diffusion
 

@@ -70,7 +70,7 @@ def sampling_run(device, guidance, precision, batch_size, num_steps, sampler="dd
     sampler, or (loop "reference", DDPM only) the reference p_sample_loop with DiT's
     forward_with_cfg. compiled: the denoiser compiled in place first."""
     from reference_loop import forward_with_cfg, reference_diffusion
-    from sampling import classifier_free_guidance, sample_ddim, sample_ddpm
+    from vlgen.sampling import classifier_free_guidance, sample_ddim, sample_ddpm
     from vlgen.diffusion import create_diffusion
 
     model = random_weight_model("DiT-LLaMA-S/2", device)

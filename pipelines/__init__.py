@@ -1,21 +1,15 @@
 """diffusers DiffusionPipeline objects that sample images from vlgen denoisers.
 
-Importing this package registers the pipeline classes with diffusers, so that its generic
-`DiffusionPipeline.from_pretrained(DIR)` finds the class an exported model_index.json names
-(diffusers looks pipeline classes up in its own namespace, or runs code from DIR only with
-trust_remote_code; exports hold no code).
+A saved pipeline loads with its class's `from_pretrained(DIR)`, `load_pipeline(DIR)`, or
+diffusers' generic `DiffusionPipeline.from_pretrained(DIR, trust_remote_code=True)` in any
+process where vlgen is installed (vlgen.pipelines.hub: the directory's loader file imports it).
 """
-import diffusers
-
-from pipelines.ddpm import DiTLLaMAPipeline
-from pipelines.flow import SiTLLaMAPipeline
-from pipelines.grid import labelled_grid
-from pipelines.loading import create_pipeline, load_pipeline
-from pipelines.samplers import DDPMSampler, FlowSampler
-from pipelines.schedulers import SCHEDULERS
+from vlgen.pipelines.ddpm import DiTLLaMAPipeline
+from vlgen.pipelines.flow import SiTLLaMAPipeline
+from vlgen.pipelines.grid import labelled_grid
+from vlgen.pipelines.loading import create_pipeline, load_pipeline
+from vlgen.pipelines.samplers import DDPMSampler, FlowSampler
+from vlgen.pipelines.schedulers import SCHEDULERS
 
 __all__ = ["DiTLLaMAPipeline", "SiTLLaMAPipeline", "DDPMSampler", "FlowSampler", "SCHEDULERS", "create_pipeline",
            "load_pipeline", "labelled_grid"]
-
-for _pipeline in (DiTLLaMAPipeline, SiTLLaMAPipeline):
-    setattr(diffusers, _pipeline.__name__, _pipeline)

@@ -3,20 +3,25 @@
 meets a diffusers scheduler (`scheduler_output`) and how vlgen's own sampler runs (`sample`)."""
 import difflib
 import numbers
+import tempfile
+from pathlib import Path
 
 import torch
 from diffusers import DiffusionPipeline, ImagePipelineOutput
 from diffusers.image_processor import VaeImageProcessor
+from huggingface_hub import create_repo
 
-from pipelines.samplers import DDPMSampler, FlowSampler
-from pipelines.schedulers import (DEFAULT_STEPS, check_fits, make_scheduler, run_scheduler, step_scheduler,
+from vlgen.pipelines.hub import check_card_info, model_card, pipeline_class_name, write_loader
+from vlgen.pipelines.samplers import DDPMSampler, FlowSampler
+from vlgen.pipelines.schedulers import (DEFAULT_STEPS, check_fits, make_scheduler, run_scheduler, step_scheduler,
                                   with_options)
-from sampling.noise import randn
+from vlgen.sampling.noise import randn
 from vlgen.core.choices import check_choice
 from vlgen.core.guidance import classifier_free_guidance
 from vlgen.models.vae import latent_scaling
 
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
+HUB_OPTIONS = ("repo_id", "token", "private", "commit_message", "create_pr")  # save_pretrained(push_to_hub=True)
 SAMPLER_OPTIONS = ("sampler", "method", "eta", "clip_denoised", "atol", "rtol", "diffusion_form", "diffusion_norm",
                    "last_step", "last_step_size")  # call options of earlier versions, now the scheduler's
 
@@ -38,16 +43,20 @@ def label_index(id2label):
 
 class ClassConditionalPipeline(DiffusionPipeline):
     """Components: transformer (a VisionLLaMADenoiser), scheduler (the sampler: vlgen's own or a
-    diffusers scheduler that fits the model, see pipelines.schedulers), vae (an AutoencoderKL, or
+    diffusers scheduler that fits the model, see vlgen.pipelines.schedulers), vae (an AutoencoderKL, or
     None for a pixel-space model); config: id2label, and process, the training process of the
     model (kind "ddpm": noise_schedule, diffusion_steps, prediction; kind "flow": path,
-    prediction, sample_eps)."""
+    prediction, sample_eps); card, what the model card says beyond the model itself (name,
+    training, scores, license, datasets, base_model: vlgen.pipelines.hub.check_card_info).
+
+    save_pretrained writes diffusers' files plus the loader file of diffusers' generic loader and
+    the model card (README.md); push_to_hub uploads the same."""
 
     _optional_components = ["vae"]
     model_cpu_offload_seq = "transformer->vae"
     KIND = None  # the process kind the subclass samples: "ddpm" or "flow"
 
-    def __init__(self, transformer, scheduler, vae=None, id2label=None, process=None):
+    def __init__(self, transformer, scheduler, vae=None, id2label=None, process=None, card=None):
         super().__init__()
         if not isinstance(process, dict) or process.get("kind") != self.KIND:
             raise ValueError(f"{type(self).__name__} needs the model's training process (a dict of kind "
@@ -55,14 +64,58 @@ class ClassConditionalPipeline(DiffusionPipeline):
                              "earlier vlgen: export it again from its checkpoint (`vlgen export CHECKPOINT --out DIR`)")
         self.register_modules(transformer=transformer, scheduler=scheduler, vae=vae)
         id2label = {int(key): str(value) for key, value in (id2label or {}).items()}  # JSON keys are strings
-        self.register_to_config(id2label=id2label, process=dict(process))  # saved in model_index.json
+        # saved in model_index.json
+        self.register_to_config(id2label=id2label, process=dict(process), card=check_card_info(card))
         self.labels = label_index(id2label)
         self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1) if vae is not None else 1
         self.image_processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor)
 
+    @classmethod
+    def load_config(cls, *args, **kwargs):
+        """diffusers' load_config, reading model_index.json's [loader file, class] as the class
+        name: this class loads a directory itself, without importing its loader file."""
+        loaded = super().load_config(*args, **kwargs)
+        config = loaded[0] if isinstance(loaded, tuple) else loaded
+        config["_class_name"] = pipeline_class_name(config)
+        return loaded
+
+    def save_config(self, save_directory):
+        """diffusers' model_index.json, naming this class through the loader file (vlgen.pipelines.hub)."""
+        super().save_config(save_directory)
+        write_loader(save_directory, type(self).__name__)
+
+    def save_pretrained(self, save_directory, safe_serialization=True, variant=None, max_shard_size=None,
+                        push_to_hub=False, **kwargs):
+        """diffusers' save_pretrained plus the model card (README.md). push_to_hub uploads the
+        directory (kwargs: repo_id, default the directory's name; token, private, commit_message,
+        create_pr) and returns the commit."""
+        unknown = sorted(set(kwargs) - set(HUB_OPTIONS))
+        if unknown:
+            raise TypeError(f"unexpected argument(s) {', '.join(unknown)}")
+        repo_id = None
+        if push_to_hub:
+            repo_id = create_repo(kwargs.get("repo_id", Path(save_directory).name), exist_ok=True,
+                                  private=kwargs.get("private"), token=kwargs.get("token")).repo_id
+        super().save_pretrained(save_directory, safe_serialization=safe_serialization, variant=variant,
+                                max_shard_size=max_shard_size)
+        model_card(self, repo_id).save(Path(save_directory) / "README.md")
+        if push_to_hub:
+            return self._upload_folder(save_directory, repo_id, token=kwargs.get("token"),
+                                       commit_message=kwargs.get("commit_message"),
+                                       create_pr=kwargs.get("create_pr", False))
+        return None
+
+    def push_to_hub(self, repo_id, commit_message=None, private=None, token=None, create_pr=False,
+                    safe_serialization=True, variant=None):
+        """Upload the pipeline with its loader file and model card to the Hub repository repo_id."""
+        with tempfile.TemporaryDirectory() as directory:
+            return self.save_pretrained(directory, safe_serialization=safe_serialization, variant=variant,
+                                        push_to_hub=True, repo_id=repo_id, token=token, private=private,
+                                        commit_message=commit_message, create_pr=create_pr)
+
     def use_sampler(self, name=None, **options):
         """Make the scheduler component the sampler `name`, fitted to the model (see
-        pipelines.schedulers.SCHEDULERS: "ddpm", "ddim", "dpm-solver++", ... for DDPM models;
+        vlgen.pipelines.schedulers.SCHEDULERS: "ddpm", "ddim", "dpm-solver++", ... for DDPM models;
         "ode", "sde", "flow-euler", "flow-heun" for flow models), with options for its constructor
         (name None: the current scheduler with these options). The same as
         `pipe.scheduler = X.from_config(pipe.scheduler.config, **options)`; returns the pipeline."""

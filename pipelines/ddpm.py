@@ -1,7 +1,7 @@
 """DiTLLaMAPipeline: class-conditional images from a DDPM-trained denoiser (DiT-LLaMA or DiT)."""
-from pipelines.base import ClassConditionalPipeline
-from pipelines.schedulers import timestep_batch, uses_learned_variance
-from sampling import sample_ddim, sample_ddpm
+from vlgen.pipelines.base import ClassConditionalPipeline
+from vlgen.pipelines.schedulers import timestep_batch, uses_learned_variance
+from vlgen.sampling import sample_ddim, sample_ddpm
 from vlgen.diffusion import create_diffusion
 
 

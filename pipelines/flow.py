@@ -1,15 +1,15 @@
 """SiTLLaMAPipeline: class-conditional images from a flow-matching denoiser (SiT-LLaMA or SiT)."""
-from pipelines.base import ClassConditionalPipeline
-from pipelines.schedulers import flow_model_output, flow_time, process_transport, timestep_batch
-from sampling import sample_ode, sample_sde
-from sampling.flow import ADAPTIVE_SOLVERS
+from vlgen.pipelines.base import ClassConditionalPipeline
+from vlgen.pipelines.schedulers import flow_model_output, flow_time, process_transport, timestep_batch
+from vlgen.sampling import sample_ode, sample_sde
+from vlgen.sampling.flow import ADAPTIVE_SOLVERS
 
 
 class SiTLLaMAPipeline(ClassConditionalPipeline):
     """Samplers (pipe.use_sampler): vlgen's "ode" (the probability-flow ODE by torchdiffeq, SiT's
     default: adaptive "dopri5" with atol / rtol, or a fixed-step method such as "euler", "heun",
     "rk4" over num_inference_steps steps) and "sde" (method "euler" / "heun", diffusion_form,
-    diffusion_norm, last_step, last_step_size; see sampling.sample_sde), and diffusers'
+    diffusion_norm, last_step, last_step_size; see vlgen.sampling.sample_sde), and diffusers'
     flow-matching schedulers ("flow-euler", "flow-heun") for Linear-path velocity models."""
 
     KIND = "flow"

@@ -1,7 +1,7 @@
 """vlgen's own samplers as pipeline schedulers: `DDPMSampler` (DiT's ancestral DDPM and DDIM over
 the model's GaussianDiffusion) and `FlowSampler` (SiT's probability-flow ODE by torchdiffeq, and
 its reverse SDE). A pipeline's `scheduler` component is the one place a sampler is chosen: one of
-these, or a diffusers scheduler (`pipelines.schedulers`).
+these, or a diffusers scheduler (`vlgen.pipelines.schedulers`).
 
 Their configs also carry the diffusers keys of the model's process (betas, prediction type, ...),
 written by the pipeline, so that `DPMSolverMultistepScheduler.from_config(pipe.scheduler.config)`
@@ -49,7 +49,7 @@ class FlowSampler(SchedulerMixin, ConfigMixin):
     """The probability-flow ODE ("ode", SiT's default: adaptive dopri5 with atol 1e-6 / rtol 1e-3,
     or a fixed-step torchdiffeq method such as "euler" / "heun" over num_inference_steps steps) or
     the reverse SDE ("sde": method "euler" / "heun", diffusion_form, diffusion_norm, last_step,
-    last_step_size; see sampling.sample_sde)."""
+    last_step_size; see vlgen.sampling.sample_sde)."""
 
     config_name = SCHEDULER_CONFIG_NAME
     order = 1

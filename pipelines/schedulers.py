@@ -15,7 +15,7 @@ from diffusers import (DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
                        EulerDiscreteScheduler, FlowMatchEulerDiscreteScheduler, FlowMatchHeunDiscreteScheduler,
                        HeunDiscreteScheduler, UniPCMultistepScheduler)
 
-from pipelines.samplers import DDPMSampler, FlowSampler
+from vlgen.pipelines.samplers import DDPMSampler, FlowSampler
 from vlgen.core.choices import check_choice
 from vlgen.diffusion.diffusers_schedulers import PREDICTION_TYPES, diffusers_config
 from vlgen.diffusion.schedules import beta_schedule

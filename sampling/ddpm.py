@@ -2,7 +2,7 @@
 import torch
 from tqdm.auto import tqdm
 
-from sampling.noise import check_finite, randn_like
+from vlgen.sampling.noise import check_finite, randn_like
 from vlgen.diffusion.gaussian import gather
 
 

@@ -9,7 +9,7 @@ import torch
 from torchdiffeq import odeint
 from tqdm.auto import tqdm
 
-from sampling.noise import check_finite, randn_like
+from vlgen.sampling.noise import check_finite, randn_like
 from vlgen.core.choices import check_choice
 from vlgen.transport import DIFFUSION_FORMS
 from vlgen.transport.paths import expand_like

@@ -51,14 +51,15 @@ def write_image_folder(root, per_class=3, size=(40, 30)):
     return root
 
 
-def tiny_vae(path):
+def tiny_vae(path, shift_factor=0.1):
     """A tiny AutoencoderKL (4 latent channels, factor 2) saved at path."""
     from diffusers import AutoencoderKL
 
     torch.manual_seed(0)
     vae = AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
                         up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(8, 16), layers_per_block=1,
-                        latent_channels=4, norm_num_groups=4, sample_size=16, scaling_factor=0.5, shift_factor=0.1)
+                        latent_channels=4, norm_num_groups=4, sample_size=16, scaling_factor=0.5,
+                        shift_factor=shift_factor)
     vae.save_pretrained(path)
     return vae.eval()
 

@@ -8,7 +8,7 @@ from accelerate.state import AcceleratorState
 from conftest import Interrupted, tiny_model
 from PIL import Image
 
-from pipelines import create_pipeline
+from vlgen.pipelines import create_pipeline
 from vlgen.commands import compare
 from vlgen.commands.cli import build_parser, main
 from vlgen.commands.compare import RealData, comparison_settings, parse_list, run_config

@@ -7,7 +7,7 @@ from accelerate.state import AcceleratorState
 from conftest import Interrupted, interrupt_training_after
 from PIL import Image
 
-from pipelines import load_pipeline
+from vlgen.pipelines import load_pipeline
 from vlgen.commands.cli import main
 from vlgen.data.shapes import CLASS_NAMES
 from vlgen.training import load_config

@@ -5,7 +5,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("vlgen", "pipelines", "sampling")
+# Each source folder and the package it installs as (pyproject.toml's package-dir).
+FOLDERS = {"vlgen": "vlgen", "pipelines": "vlgen.pipelines", "sampling": "vlgen.sampling"}
 
 # The layers, bottom to top (README, "Layout"). A module may import its own layer and the layers of
 # lower rank; layers of equal rank do not import each other. The package root `vlgen` holds only
@@ -20,21 +21,19 @@ LAYERS = {
     "vlgen.transport": 2,  # the flow-matching objective
     "vlgen.evaluation": 2,  # FID and the judge's generation metrics
     "vlgen.objectives": 3,  # the interface both objectives implement, built from settings
-    "sampling": 3,  # samplers over denoise(x, t, **cond)
+    "vlgen.sampling": 3,  # samplers over denoise(x, t, **cond)
     "vlgen.tasks": 3,  # perception heads and their training
     "vlgen.training": 4,  # the accelerate training loop
-    "pipelines": 4,  # diffusers pipelines
+    "vlgen.pipelines": 4,  # diffusers pipelines
     "vlgen.commands": 5,  # the `vlgen` command and its subcommands
-    "vlgen.__main__": 6,  # `python -m vlgen` and the deprecated `-m vlgen.train` / `-m vlgen.sample`
-    "vlgen.train": 6,
-    "vlgen.sample": 6,
+    "vlgen.__main__": 6,  # `python -m vlgen`
 }
 
 
 def _modules():
-    for package in PACKAGES:
-        for path in sorted((ROOT / package).rglob("*.py")):
-            parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    for folder, package in FOLDERS.items():
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            parts = [package, *path.relative_to(ROOT / folder).with_suffix("").parts]
             if parts[-1] == "__init__":
                 parts.pop()
             yield ".".join(parts), path
@@ -67,7 +66,7 @@ def _project_imports(path):
             names = [node.module]
         else:
             continue
-        yield from (name for name in names if name.split(".")[0] in PACKAGES)
+        yield from (name for name in names if name.split(".")[0] in FOLDERS)
 
 
 MODULES = dict(_modules())
@@ -83,7 +82,8 @@ def test_imports_only_go_downwards(module):
 @pytest.mark.parametrize("module, imported", [
     ("vlgen.models.denoiser", "vlgen.data.shapes"),  # upwards
     ("vlgen.diffusion.gaussian", "vlgen.transport.paths"),  # sideways, between layers of one rank
-    ("sampling.ddpm", "pipelines.base"),
+    ("vlgen.sampling.ddpm", "vlgen.pipelines.base"),
+    ("vlgen.pipelines.base", "pipelines.samplers"),  # a top-level `pipelines` is not vlgen's
     ("vlgen.core.atomic", "vlgen.models"),
     ("vlgen.helpers", "vlgen.core.choices"),  # a module at the package root belongs to no layer
 ])
@@ -92,7 +92,7 @@ def test_the_rule_refuses_imports_against_the_layers(module, imported):
 
 
 def test_the_rule_allows_imports_downwards_and_within_a_layer():
-    assert _violation("pipelines.base", "sampling.noise") is None
+    assert _violation("vlgen.pipelines.base", "vlgen.sampling.noise") is None
     assert _violation("vlgen.training.loop", "vlgen.data.batches") is None
     assert _violation("vlgen.data.latents", "vlgen.data.images") is None
 

@@ -57,16 +57,6 @@ def test_unfit_settings_are_clear_errors():
         create_objective(settings("flow"), True)
 
 
-def test_the_earlier_time_sampling_names_warn_and_agree():
-    diffusion, transport = create_diffusion(), Transport()
-    with pytest.warns(FutureWarning, match="use sample_times"):
-        old = diffusion.sample_timesteps(8, "cpu", torch.Generator().manual_seed(3))
-    assert torch.equal(old, diffusion.sample_times(8, "cpu", torch.Generator().manual_seed(3)))
-    with pytest.warns(FutureWarning, match="use sample_times"):
-        old = transport.sample_time(8, "cpu", torch.Generator().manual_seed(3))
-    assert torch.equal(old, transport.sample_times(8, "cpu", torch.Generator().manual_seed(3)))
-
-
 def test_schedule_tables_are_named_fields_copied_once_per_device():
     diffusion = create_diffusion("10")
     assert diffusion.tables.alphas_cumprod.dtype == torch.float64 and len(diffusion.tables.betas) == 10

@@ -5,9 +5,9 @@ import torch
 from conftest import tiny_model, tiny_vae
 from PIL import Image
 
-from pipelines import DiTLLaMAPipeline, SiTLLaMAPipeline, create_pipeline, labelled_grid, load_pipeline
-from pipelines.base import label_index
-from sampling import classifier_free_guidance, sample_ddim, sample_ddpm, sample_ode, sample_sde
+from vlgen.pipelines import DiTLLaMAPipeline, SiTLLaMAPipeline, create_pipeline, labelled_grid, load_pipeline
+from vlgen.pipelines.base import label_index
+from vlgen.sampling import classifier_free_guidance, sample_ddim, sample_ddpm, sample_ode, sample_sde
 from vlgen.diffusion import create_diffusion
 from vlgen.transport import Transport
 

@@ -31,6 +31,11 @@ def files(tmp_path_factory):
     AcceleratorState._reset_state(reset_partial_state=True)
     checkpoint = root / "run" / "checkpoints" / "step-0000002"
     tiny_pipeline("ddpm").save_pretrained(root / "pipeline")
+    for name, damaged_file, text in [("corrupt-index", "model_index.json", "{not json"),
+                                     ("corrupt-transformer", "transformer/config.json", '{"hidden_size": ')]:
+        shutil.copytree(root / "pipeline", root / name)
+        (root / name / damaged_file).write_text(text)
+    (root / "scores.json").write_text("fid: 2.27")
     (root / "text.pt").write_text("not a checkpoint")
     (root / "empty.pt").write_bytes(b"")
     torch.save({"w": torch.randn(1000)}, root / "whole.pt")
@@ -95,6 +100,18 @@ CASES = {
     "negative DDIM eta": (in_root("sample", "--pipeline", "{root}/pipeline", "--out", "{root}/s3.npz",
                                   "--num-samples", "2", "--sampler", "ddim", "--option", "eta=-1"),
                           "eta must be >= 0"),
+    "pipeline with a corrupt model_index.json": (in_root("sample", "--pipeline", "{root}/corrupt-index", "--grid",
+                                                         "{root}/g1.png"),
+                                                 "corrupt-index/model_index.json is not valid JSON"),
+    "pipeline with a corrupt component config": (in_root("sample", "--pipeline", "{root}/corrupt-transformer",
+                                                         "--grid", "{root}/g2.png"),
+                                                 "The pipeline directory {root}/corrupt-transformer is damaged or "
+                                                 "incomplete: export it again"),
+    "negative inference steps": (in_root("sample", "--pipeline", "{root}/pipeline", "--grid", "{root}/g3.png",
+                                         "--num-inference-steps", "-3"),
+                                 "--num-inference-steps must be a positive integer, got -3"),
+    "zero resolution": (in_root("sample", "--pipeline", "{root}/pipeline", "--grid", "{root}/g4.png", "--resolution",
+                                "0"), "--resolution must be a positive integer, got 0"),
     "unknown label name": (in_root("sample", "--pipeline", "{root}/pipeline", "--grid", "{root}/g.png", "--labels",
                                    "cirle"), "unknown label name 'cirle'; did you mean 'circle'"),
     "export of a directory that is no checkpoint": (in_root("export", "{root}/notes", "--out", "{root}/p"),
@@ -104,6 +121,9 @@ CASES = {
     "export --overwrite of a folder it did not write": (in_root("export", "{checkpoint}", "--out", "{root}/notes",
                                                                 "--overwrite"),
                                                         "is not an earlier output of this command"),
+    "export with scores that are no JSON": (in_root("export", "{checkpoint}", "--out", "{root}/p2", "--scores",
+                                                    "{root}/scores.json"),
+                                            "--scores {root}/scores.json: not a readable JSON file"),
     "convert a text file": (in_root("convert", "{root}/text.pt", "--from", "dit", "--out", "{root}/c"),
                             "text.pt is not a readable torch file"),
     "convert an empty file": (in_root("convert", "{root}/empty.pt", "--from", "dit", "--out", "{root}/c"),

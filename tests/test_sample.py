@@ -1,4 +1,4 @@
-"""`vlgen.sample`: sharded sampling to an ADM-format npz, resume, grids, and its errors."""
+"""`vlgen sample`: sharded sampling to an ADM-format npz, resume, grids, and its errors."""
 import os
 import shutil
 import signal

@@ -4,7 +4,7 @@ import torch
 from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
 
 from conftest import tiny_model
-from sampling import classifier_free_guidance, sample_ddim, sample_ddpm
+from vlgen.sampling import classifier_free_guidance, sample_ddim, sample_ddpm
 from vlgen.diffusion import create_diffusion
 from vlgen.diffusion.diffusers_schedulers import diffusers_config
 

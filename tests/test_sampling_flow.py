@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from conftest import tiny_model
-from sampling import classifier_free_guidance
-from sampling.flow import log_likelihood, sample_ode, sample_sde
+from vlgen.sampling import classifier_free_guidance
+from vlgen.sampling.flow import log_likelihood, sample_ode, sample_sde
 from test_transport import MU, STD, gaussian_posterior, gaussian_velocity
 from vlgen.transport import PATHS, Transport
 from vlgen.transport.paths import expand_like

@@ -10,8 +10,8 @@ from diffusers import (DDIMScheduler, DDPMScheduler, DiffusionPipeline, DPMSolve
                        FlowMatchEulerDiscreteScheduler)
 from test_pipelines import DDPM, FLOW, NAMES, seeded, tiny_pipeline
 
-from pipelines import SCHEDULERS, DiTLLaMAPipeline, FlowSampler, SiTLLaMAPipeline, create_pipeline, load_pipeline
-from sampling import sample_ode
+from vlgen.pipelines import SCHEDULERS, DiTLLaMAPipeline, FlowSampler, SiTLLaMAPipeline, create_pipeline, load_pipeline
+from vlgen.sampling import sample_ode
 from vlgen.transport import Transport
 
 
@@ -56,7 +56,8 @@ def test_a_scheduler_swapped_by_from_config_survives_saving(kind, scheduler_clas
     pipe.scheduler = scheduler_class.from_config(pipe.scheduler.config)
     expected = pipe([0, 5], num_inference_steps=5, generator=seeded(), output_type="np").images
     pipe.save_pretrained(tmp_path / "pipe")
-    for loaded in (load_pipeline(tmp_path / "pipe"), DiffusionPipeline.from_pretrained(tmp_path / "pipe")):
+    generic = DiffusionPipeline.from_pretrained(tmp_path / "pipe", trust_remote_code=True)
+    for loaded in (load_pipeline(tmp_path / "pipe"), generic):
         assert type(loaded.scheduler) is scheduler_class
         assert type(loaded) is (DiTLLaMAPipeline if kind == "ddpm" else SiTLLaMAPipeline)
         assert loaded.config.process == pipe.config.process

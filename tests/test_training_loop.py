@@ -13,7 +13,7 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from conftest import Interrupted, interrupt_training_after, run_launch, tiny_vae, two_process_launch, write_image_folder
-from pipelines import load_pipeline
+from vlgen.pipelines import load_pipeline
 from vlgen.commands.export import export_checkpoint
 from vlgen.core.optimizer import create_adamw
 from vlgen.data.shapes import ShapesDataset

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from conftest import tiny_model
-from sampling.flow import sample_ode
+from vlgen.sampling.flow import sample_ode
 from vlgen.transport import PATHS, Transport
 from vlgen.transport.paths import expand_like
 

@@ -21,7 +21,7 @@ SETTINGS = {
 @runtime_checkable
 class Objective(Protocol):
     kind: str  # "ddpm" or "flow"
-    default_sampler: str  # the sampler (pipelines.SCHEDULERS name) a pipeline of this objective uses by default
+    default_sampler: str  # the sampler (vlgen.pipelines.SCHEDULERS name) a pipeline of this objective uses by default
     prediction: str  # what the model outputs ("eps", "velocity", ...)
 
     def sample_times(self, batch_size, device, generator=None):

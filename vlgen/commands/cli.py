@@ -138,10 +138,13 @@ def _cmd_extract_latents(args):
 
 
 def _cmd_export(args):
-    from vlgen.commands.export import export_checkpoint
+    from vlgen.commands.export import export_checkpoint, read_scores
 
+    card = {"name": args.name, "license": args.license, "datasets": args.datasets or None,
+            "base_model": args.base_model, "scores": read_scores(args.scores) if args.scores else None}
     with _warnings_reported("export"):
-        out = export_checkpoint(args.checkpoint, args.out, overwrite=args.overwrite)
+        out = export_checkpoint(args.checkpoint, args.out, overwrite=args.overwrite,
+                                card={key: value for key, value in card.items() if value is not None})
     print(f"wrote {out}: EMA weights of {args.checkpoint}")
 
 
@@ -351,6 +354,15 @@ def build_parser():
     export.add_argument("checkpoint", help="a checkpoint directory: OUTPUT/checkpoints/step-XXXXXXX")
     export.add_argument("--out", required=True, help="pipeline directory to write")
     export.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    card = export.add_argument_group("model card (README.md in --out)")
+    card.add_argument("--name", default=None, help="the model's title (default: its architecture)")
+    card.add_argument("--license", default=None, help="a Hub license id, e.g. apache-2.0 or cc-by-nc-4.0 "
+                                                      "(default: other)")
+    card.add_argument("--dataset", dest="datasets", action="append", default=[], metavar="HUB_ID",
+                      help="a dataset the model was trained on, as a Hub id (repeatable)")
+    card.add_argument("--base-model", default=None, help="the Hub id of the model it was fine-tuned from")
+    card.add_argument("--scores", default=None, metavar="JSON",
+                      help="evaluation scores: a JSON object of metric -> number, e.g. what `vlgen fid` prints")
     export.set_defaults(func=_cmd_export)
 
     return parser
@@ -400,9 +412,3 @@ def main(argv=None):
         return 130
     return 0
 
-
-def run_deprecated_module(command):
-    """`python -m vlgen.COMMAND ARGS`, the earlier spelling of `python -m vlgen COMMAND ARGS`."""
-    warnings.warn(f"`-m vlgen.{command}` is deprecated: use `-m vlgen {command}` (e.g. accelerate launch -m vlgen "
-                  f"{command} ...)", FutureWarning, stacklevel=2)
-    sys.exit(main([command, *sys.argv[1:]]))

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from pipelines import load_pipeline
+from vlgen.pipelines import load_pipeline
 from vlgen.commands.export import export_checkpoint
 from vlgen.commands.comparison_report import (resolutions_plot, results_plot, results_table, summarise,
                                               summarise_resolutions)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from pipelines import labelled_grid, load_pipeline
+from vlgen.pipelines import labelled_grid, load_pipeline
 from vlgen.commands.export import export_checkpoint
 from vlgen.commands.judging import (DATA_WORKERS, REAL_IMAGES_SEED, judge_scores, load_judge, real_images,
                                     sample_classes, train_judge)

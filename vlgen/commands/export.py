@@ -1,23 +1,28 @@
 """`vlgen export CKPT --out DIR`: a training checkpoint's EMA model as a pipeline directory
 (DiTLLaMAPipeline or SiTLLaMAPipeline, by objective), loaded with `load_pipeline(DIR)`, the
-class's `from_pretrained(DIR)`, or diffusers' `DiffusionPipeline.from_pretrained(DIR)` once
-`pipelines` is imported:
+class's `from_pretrained(DIR)`, or diffusers' `DiffusionPipeline.from_pretrained(DIR,
+trust_remote_code=True)` wherever vlgen is installed:
 
-    DIR/model_index.json  the pipeline class, its components, id2label and the training process
+    DIR/model_index.json  the pipeline class, its components, id2label, the training process and
+                          the model card's information
     DIR/transformer/      the EMA denoiser (config.json + safetensors)
     DIR/scheduler/        the default sampler; its config carries the model's betas and prediction
                           type, so `X.from_config(pipe.scheduler.config)` fits any diffusers scheduler
     DIR/vae/              the AutoencoderKL the latents came from (latent models only)
+    DIR/README.md         the model card: metadata, use, model, training, scores, training config
+    DIR/vlgen_pipeline.py the file through which diffusers' generic loader imports vlgen's class
 """
+import json
 import math
+import numbers
 import warnings
 from pathlib import Path
 
-from pipelines import create_pipeline
 from vlgen.core.output_dir import replaced_dir
 from vlgen.models import VisionLLaMADenoiser
 from vlgen.models.vae import load_vae
-from vlgen.training.checkpoint import checkpoint_step, read_checkpoint_config, read_data_info
+from vlgen.pipelines import create_pipeline
+from vlgen.training.checkpoint import checkpoint_training, read_data_info
 
 
 def ema_warning(step, decay):
@@ -31,17 +36,37 @@ def ema_warning(step, decay):
             "steps, or lower train.ema_decay for short runs")
 
 
-def export_checkpoint(checkpoint, out, overwrite=False):
+def read_scores(path):
+    """The numbers of a JSON object file (e.g. what `vlgen fid` prints) as metric -> value, for the model card."""
+    path = Path(path)
+    try:
+        values = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"--scores {path}: not a readable JSON file ({error}); pass a JSON object of metric -> "
+                         'number, e.g. {"fid": 2.27}') from None
+    scores = {key: value for key, value in values.items() if isinstance(value, numbers.Real)
+              and not isinstance(value, bool)} if isinstance(values, dict) else {}
+    if not scores:
+        raise ValueError(f"--scores {path} holds no metric -> number entries; pass a JSON object such as "
+                         '{"fid": 2.27, "inception_score": 278.2}')
+    return scores
+
+
+def export_checkpoint(checkpoint, out, overwrite=False, card=None):
+    """The checkpoint's EMA pipeline written to out; card: what the model card adds (name, scores,
+    license, datasets, base_model; the training record comes from the checkpoint)."""
     checkpoint, out = Path(checkpoint), Path(out)
     if not (checkpoint / "ema").is_dir():
         raise FileNotFoundError(f"{checkpoint} is not a training checkpoint (no ema/ directory); checkpoints are "
                                 f"OUTPUT/checkpoints/step-XXXXXXX")
     with replaced_dir(out, overwrite, marker="model_index.json") as staging:  # built aside, then moved into place
-        config, info = read_checkpoint_config(checkpoint), read_data_info(checkpoint)
-        problem = ema_warning(checkpoint_step(checkpoint), config["train"]["ema_decay"])
+        training, info = checkpoint_training(checkpoint), read_data_info(checkpoint)
+        config = training["config"]
+        problem = ema_warning(training["steps"], config["train"]["ema_decay"])
         if problem is not None:
             warnings.warn(problem, stacklevel=2)
         model = VisionLLaMADenoiser.from_pretrained(checkpoint / "ema")
         vae = load_vae(info["vae"]["vae"], info["vae"]["vae_subfolder"]) if "vae" in info else None
-        create_pipeline(model, config["objective"], info["class_names"], vae).save_pretrained(staging)
+        card = {**(card or {}), "training": training}
+        create_pipeline(model, config["objective"], info["class_names"], vae, card=card).save_pretrained(staging)
     return out

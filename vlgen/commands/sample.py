@@ -24,7 +24,7 @@ from PIL import Image
 from accelerate.utils import gather_object
 from tqdm.auto import tqdm
 
-from pipelines import labelled_grid, load_pipeline
+from vlgen.pipelines import labelled_grid, load_pipeline
 from vlgen.commands.defaults import GRID_GUIDANCE_SCALE, NPZ_GUIDANCE_SCALE, SAMPLE_DTYPES
 from vlgen.core.atomic import atomic_path
 from vlgen.core.differences import describe_differences
@@ -64,9 +64,9 @@ def generate(pipe, labels, indices, args, guidance_scale):
 def _check_args(args):
     if (args.out is None) == (args.grid is None):
         raise ValueError("give exactly one of --out samples.npz (FID input) or --grid grid.png")
-    for name in ("num_samples", "batch_size", "per_label"):
+    for name in ("num_samples", "batch_size", "per_label", "num_inference_steps", "resolution"):
         value = getattr(args, name)
-        if value < 1:
+        if value is not None and value < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be a positive integer, got {value}")
     target = Path(args.out or args.grid)
     finishing = args.out is not None and _parts_dir(target).is_dir()  # a run that died while cleaning up
@@ -88,9 +88,9 @@ def _open_pipeline(args, device):
 
 def pipeline_fingerprint(directory):
     """sha256 of every file of a pipeline directory (configs and weights) by relative path: what
-    its samples depend on, wherever it lies."""
+    its samples depend on, wherever it lies. The model card (README.md) is not among them."""
     directory, digests = Path(directory), {}
-    for file in sorted(path for path in directory.rglob("*") if path.is_file()):
+    for file in sorted(path for path in directory.rglob("*") if path.is_file() and path != directory / "README.md"):
         digest = hashlib.sha256()
         with file.open("rb") as handle:
             for chunk in iter(lambda: handle.read(1 << 20), b""):

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from pipelines import create_pipeline, labelled_grid
+from vlgen.pipelines import create_pipeline, labelled_grid
 from vlgen.training import load_config, train
 from vlgen.models.vae import load_vae
 

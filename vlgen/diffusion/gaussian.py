@@ -5,7 +5,6 @@ Timestep indices t run over this (possibly respaced) process; the model always s
 timesteps, `model_timesteps(t)`.
 """
 import math
-import warnings
 from dataclasses import dataclass, fields
 
 import numpy as np
@@ -212,11 +211,6 @@ class GaussianDiffusion:
     def sample_times(self, batch_size, device, generator=None):
         """Uniform training timesteps in [0, num_timesteps)."""
         return torch.randint(0, self.num_timesteps, (batch_size,), device=device, generator=generator)
-
-    def sample_timesteps(self, batch_size, device, generator=None):
-        """The earlier name of sample_times."""
-        warnings.warn("GaussianDiffusion.sample_timesteps is deprecated: use sample_times", FutureWarning, stacklevel=2)
-        return self.sample_times(batch_size, device, generator)
 
 
 def create_diffusion(timestep_respacing="", noise_schedule="linear", diffusion_steps=1000,

@@ -8,6 +8,7 @@ checkpoint has such a model).
 """
 import torch
 from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.models.modeling_outputs import Transformer2DModelOutput
 from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 from torch.nn import functional as F
@@ -21,6 +22,15 @@ BLOCK_TYPES = ("llama", "dit")
 OWN_MLP = {"llama": "swiglu", "dit": "gelu"}  # each block type's own MLP (mlp_type=None)
 
 
+def _one_of(name, value, alias, alias_value):
+    """The argument given under either of its two names (vlgen's or diffusers')."""
+    if value is not None and alias_value is not None:
+        raise TypeError(f"give {name} or {alias}, not both")
+    if value is None and alias_value is None:
+        raise TypeError(f"missing the argument {name} (or {alias})")
+    return alias_value if value is None else value
+
+
 class VisionLLaMADenoiser(ModelMixin, ConfigMixin):
     """forward(x, t, y) -> prediction.
 
@@ -30,6 +40,10 @@ class VisionLLaMADenoiser(ModelMixin, ConfigMixin):
     Output: (N, out_channels, H, W); out_channels = 2 * in_channels with learn_sigma (the second
     half are the variance channels), unless discard_sigma keeps only the first half (SiT: the
     final layer has the reference width, its variance half is never used).
+
+    It also takes the call of diffusers' DiTTransformer2DModel, forward(hidden_states, timestep,
+    class_labels, return_dict=True) -> Transformer2DModelOutput(sample=...), with the same numbers,
+    and its config has out_channels: diffusers' DiTPipeline samples with it.
     """
 
     _supports_gradient_checkpointing = True
@@ -56,6 +70,7 @@ class VisionLLaMADenoiser(ModelMixin, ConfigMixin):
         frequency_embedding_size: int = 256,
         timestep_freq_shift: int = 0,
         mlp_type: str | None = None,
+        out_channels: int | None = None,
     ):
         super().__init__()
         if block_type not in BLOCK_TYPES:
@@ -64,6 +79,11 @@ class VisionLLaMADenoiser(ModelMixin, ConfigMixin):
             raise ValueError(f"sample_size {sample_size} is not divisible by patch_size {patch_size}")
         if discard_sigma and not learn_sigma:
             raise ValueError("discard_sigma=True only makes sense with learn_sigma=True")
+        produced = 2 * in_channels if learn_sigma and not discard_sigma else in_channels
+        if out_channels not in (None, produced):
+            raise ValueError(f"out_channels={out_channels} does not match the model: in_channels={in_channels}, "
+                             f"learn_sigma={learn_sigma}, discard_sigma={discard_sigma} give {produced}; leave it out")
+        self.register_to_config(out_channels=produced)  # derived; recorded for code written for diffusers' DiT
         mlp_norm_eps = norm_eps if mlp_norm_eps is None else mlp_norm_eps
         self.base_grid = (sample_size // patch_size, sample_size // patch_size)
 
@@ -82,7 +102,7 @@ class VisionLLaMADenoiser(ModelMixin, ConfigMixin):
 
     @property
     def out_channels(self):
-        return 2 * self.config.in_channels if self.outputs_variance else self.config.in_channels
+        return self.config.out_channels
 
     @property
     def outputs_variance(self):
@@ -150,10 +170,19 @@ class VisionLLaMADenoiser(ModelMixin, ConfigMixin):
         x = tokens.reshape(n, grid_h, grid_w, p, p, channels).permute(0, 5, 1, 3, 2, 4)
         return x.reshape(n, channels, grid_h * p, grid_w * p)
 
-    def forward(self, x, t, y, drop_labels=None):
+    def forward(self, x=None, t=None, y=None, drop_labels=None, *, hidden_states=None, timestep=None,
+                class_labels=None, return_dict=None):
         """drop_labels: None drops labels at class_dropout_prob in training mode (as DiT); a (N,)
         bool mask replaces exactly those labels by the null class, so a trainer can draw the
-        dropout itself (reproducible across process counts)."""
+        dropout itself (reproducible across process counts). hidden_states, timestep,
+        class_labels: diffusers' names for x, t, y. return_dict: return
+        Transformer2DModelOutput(sample=...) instead of the tensor; by default True when called
+        with diffusers' timestep / class_labels names, as DiTTransformer2DModel does."""
+        if return_dict is None:
+            return_dict = timestep is not None or class_labels is not None
+        x = _one_of("x", x, "hidden_states", hidden_states)
+        t = _one_of("t", t, "timestep", timestep)
+        y = _one_of("y", y, "class_labels", class_labels)
         self._check_inputs(x, y)
         n, _, height, width = x.shape
         grid_h, grid_w = height // self.config.patch_size, width // self.config.patch_size
@@ -177,7 +206,7 @@ class VisionLLaMADenoiser(ModelMixin, ConfigMixin):
         out = self.unpatchify(self.final_layer(tokens, c_act), grid_h, grid_w)  # (N, C_out, H, W)
         if self.config.discard_sigma:
             out = out[:, : self.config.in_channels]
-        return out
+        return Transformer2DModelOutput(sample=out) if return_dict else out
 
     def forward_with_cfg(self, x, t, y, guidance_scale, guided_channels=None):
         """Classifier-free guidance in one batched call: the conditional and unconditional halves

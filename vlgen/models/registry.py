@@ -35,6 +35,15 @@ def model_config(name, **overrides):
     return {**MODEL_CONFIGS[name], **overrides}
 
 
+def model_name(config):
+    """The registered name of a denoiser's config (its constructor arguments, or model.config), or
+    None when no named size has its widths and block type."""
+    keys = ("block_type", "learn_sigma", "discard_sigma", "hidden_size", "depth", "num_heads", "patch_size")
+    if config.get("mlp_type") is not None:
+        return None
+    return next((name for name, named in MODEL_CONFIGS.items() if all(config[k] == named[k] for k in keys)), None)
+
+
 def create_model(name, **overrides):
     """Build a named denoiser, e.g. create_model("DiT-LLaMA-XL/2", sample_size=32, num_classes=1000)."""
     return VisionLLaMADenoiser(**model_config(name, **overrides))

@@ -4,7 +4,8 @@
         ema/                 the EMA denoiser (save_pretrained: config.json + safetensors)
         model.safetensors    the trained weights
         optimizer.pt         optimizer state (tensors only: loaded with weights_only=True)
-        state.pt             step, LR-scheduler and fp16 grad-scaler state, the open metrics window
+        state.pt             step, LR-scheduler and fp16 grad-scaler state, the open metrics window,
+                             the precision and process count the run had
         rng-<process>.pt     each process's torch RNG states
         config.yaml          the resolved training config
         data.json            what the data was: classes, channels, size, latent VAE
@@ -68,7 +69,8 @@ def save_checkpoint(accelerator, directory, *, model, ema, optimizer, scheduler,
             save_model(accelerator.unwrap_model(model), str(temporary / "model.safetensors"))
             torch.save(optimizer.state_dict(), temporary / "optimizer.pt")
             scaler = accelerator.scaler.state_dict() if accelerator.scaler is not None else None
-            state = {"step": step, "scheduler": scheduler.state_dict(), "scaler": scaler, "log_window": window_state}
+            state = {"step": step, "scheduler": scheduler.state_dict(), "scaler": scaler, "log_window": window_state,
+                     "mixed_precision": accelerator.mixed_precision, "num_processes": accelerator.num_processes}
             torch.save(state, temporary / "state.pt")
             save_config(config, temporary / "config.yaml")
             (temporary / "data.json").write_text(json.dumps(data_info, indent=2))
@@ -88,6 +90,15 @@ def read_checkpoint_config(directory):
 def checkpoint_step(directory):
     """The optimisation step a checkpoint was saved at."""
     return int(load_tensor_file(Path(directory) / "state.pt")["step"])
+
+
+def checkpoint_training(directory):
+    """How a checkpoint's weights were trained, for its model card: the resolved config, the step,
+    the precision accelerate ran and the number of processes (these two None in checkpoints that
+    do not record them)."""
+    state = load_tensor_file(Path(directory) / "state.pt")
+    return {"config": read_checkpoint_config(directory), "steps": int(state["step"]),
+            "mixed_precision": state.get("mixed_precision"), "num_processes": state.get("num_processes")}
 
 
 def read_data_info(directory):

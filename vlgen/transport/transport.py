@@ -2,7 +2,6 @@
 
 Time runs as in SiT: t = 0 is noise, t = 1 is data, and the model sees t in [0, 1] as is.
 """
-import warnings
 
 import torch
 
@@ -104,11 +103,6 @@ class Transport:
             z = torch.randn(batch_size, generator=generator, device=gen_device)
             u = torch.sigmoid(self.logit_mean + self.logit_std * z)
         return (t0 + (t1 - t0) * u).to(device)
-
-    def sample_time(self, batch_size, device, generator=None):
-        """The earlier name of sample_times."""
-        warnings.warn("Transport.sample_time is deprecated: use sample_times", FutureWarning, stacklevel=2)
-        return self.sample_times(batch_size, device, generator)
 
     def training_losses(self, model, x1, t=None, noise=None, **model_kwargs):
         """dict(loss) per sample for data x1 (N, C, ...): velocity MSE against u_t, or for

@@ -46,10 +46,44 @@ def test_the_real_probe_is_quick_and_consistent(monkeypatch, tmp_path):
     assert result["choice"] == choose(result["fp32_gflops"], result["bf16_gflops"])
 
 
-@pytest.mark.parametrize("supported, expected", [(True, "bf16"), (False, "no")])
-def test_cuda_keeps_the_usual_rule(monkeypatch, supported, expected):
-    monkeypatch.setattr(precision.torch.cuda, "is_bf16_supported", lambda: supported)
+@pytest.mark.parametrize("capability, expected", [((9, 0), "bf16"), ((8, 0), "bf16"), ((7, 5), "no"), ((6, 0), "no")])
+def test_cuda_auto_takes_bf16_only_where_the_gpu_has_it_in_hardware(monkeypatch, capability, expected):
+    """torch emulates bf16 on GPUs before Ampere (is_bf16_supported says yes there), slowly."""
+    monkeypatch.setattr(precision.torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(precision.torch.cuda, "get_device_capability", lambda *device: capability)
+    monkeypatch.setattr(precision.torch.cuda, "is_bf16_supported", lambda *args, **kwargs: True)
     assert resolve_mixed_precision("auto", "cuda")[0] == expected
+
+
+@pytest.mark.parametrize("launcher, setting, expected, said", [
+    ("bf16", "launcher", "bf16", "mixed precision: bf16 (from the launcher)"),
+    (None, "launcher", "no", "mixed precision: no (from the launcher, which set none)"),
+    ("bf16", "no", "no", "mixed precision: no (as set; the config's setting wins over the launcher's bf16"),
+    ("fp16", "fp16", "fp16", "mixed precision: fp16 (as set)"),
+])
+def test_the_launchers_setting_is_taken_on_request_and_an_overridden_one_is_named(monkeypatch, launcher, setting,
+                                                                                    expected, said):
+    monkeypatch.delenv(precision.LAUNCHER_ENV, raising=False)
+    if launcher is not None:
+        monkeypatch.setenv(precision.LAUNCHER_ENV, launcher)  # what accelerate launch --mixed_precision sets
+    choice, why = resolve_mixed_precision(setting, "cpu")
+    assert choice == expected and why.startswith(said)
+    assert ("wins over" in why) == (launcher is not None and launcher != expected and setting != "launcher")
+
+
+def test_tf32_is_one_setting_and_evaluation_runs_ieee_inside_it():
+    matmul, conv = precision.torch.backends.cuda.matmul, precision.torch.backends.cudnn.conv
+    saved = matmul.fp32_precision, conv.fp32_precision
+    try:
+        precision.set_tf32(True)
+        assert (matmul.fp32_precision, conv.fp32_precision) == ("tf32", "tf32")
+        with precision.ieee_fp32():
+            assert (matmul.fp32_precision, conv.fp32_precision) == ("ieee", "ieee")
+        assert (matmul.fp32_precision, conv.fp32_precision) == ("tf32", "tf32")
+        precision.set_tf32(False)
+        assert (matmul.fp32_precision, conv.fp32_precision) == ("ieee", "ieee")
+    finally:
+        matmul.fp32_precision, conv.fp32_precision = saved
 
 
 def test_training_with_auto_prints_the_choice(monkeypatch, tmp_path, capsys):

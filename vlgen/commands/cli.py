@@ -1,5 +1,6 @@
 """The `vlgen` command: argparse subcommands."""
 import argparse
+import os
 import sys
 import warnings
 from contextlib import contextmanager
@@ -370,17 +371,35 @@ def build_parser():
 
 def close_process_group():
     """End a multi-process run while every process is still there: a barrier, then the process
-    group's orderly shutdown. Left to the objects' teardown, a worker was seen to hang after its
-    last step, waiting on a process that had already exited."""
+    group's orderly shutdown."""
     torch = sys.modules.get("torch")
     if torch is not None and torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.barrier()
         torch.distributed.destroy_process_group()
 
 
+def _run(args):
+    """The command's exit status; user errors, stops and a second Ctrl-C as one line."""
+    from vlgen.core.signals import Stopped
+
+    try:
+        args.func(args)
+        close_process_group()
+    except USER_ERRORS as error:
+        print(f"vlgen {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    except Stopped as stop:  # a graceful stop on SIGTERM / SIGINT, at a point that resumes
+        print(f"vlgen {args.command}: {stop}", file=sys.stderr)
+        return stop.exit_code
+    except KeyboardInterrupt:  # a second Ctrl-C: stopped at once
+        print(f"vlgen {args.command}: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
 def main(argv=None):
     from vlgen.commands.allocator import keep_freed_memory
-    from vlgen.commands.launcher import check_launcher
+    from vlgen.commands.launcher import check_launcher, launched_processes
 
     args = build_parser().parse_args(argv)
     keep_freed_memory()
@@ -395,20 +414,12 @@ def main(argv=None):
     launch_problem = check_launcher()
     if launch_problem is not None:
         print(f"vlgen {args.command}: warning: {launch_problem}", file=sys.stderr)
-    from vlgen.core.signals import Stopped
-
-    try:
-        result = args.func(args)
-        close_process_group()
-        del result  # what the command returned (a training run) is freed only now, after the group
-    except USER_ERRORS as error:
-        print(f"vlgen {args.command}: error: {error}", file=sys.stderr)
-        return 2
-    except Stopped as stop:  # a graceful stop on SIGTERM / SIGINT, at a point that resumes
-        print(f"vlgen {args.command}: {stop}", file=sys.stderr)
-        return stop.exit_code
-    except KeyboardInterrupt:  # a second Ctrl-C: stopped at once
-        print(f"vlgen {args.command}: interrupted", file=sys.stderr)
-        return 130
-    return 0
-
+    code = _run(args)
+    if launched_processes() > 1:
+        # Everything is written and the process group is closed: end here. Freeing the run's objects
+        # afterwards (DDP's reducer releases the last reference to the shut-down gloo group) was seen to
+        # block a finished worker for good while the other node's processes had already exited.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code

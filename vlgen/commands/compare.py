@@ -43,7 +43,7 @@ from vlgen.models import VisionLLaMADenoiser
 from vlgen.training import load_config, train
 from vlgen.training.build import build_model, check_config
 from vlgen.training.checkpoint import checkpoint_step, list_checkpoints
-from vlgen.training.loop import agreed_mixed_precision
+from vlgen.training.distributed import agreed_mixed_precision
 
 SETTINGS_FILE, RESULTS_FILE, SCORES_FILE = "compare.json", "results.json", "scores.json"
 RESOLUTION_SCORES_FILE = "resolution_scores.json"

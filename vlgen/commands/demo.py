@@ -29,7 +29,7 @@ from vlgen.core.atomic import atomic_path
 from vlgen.core.output_dir import open_resumable
 from vlgen.data.shapes import ShapesDataset
 from vlgen.training import load_config, train
-from vlgen.training.loop import agreed_mixed_precision
+from vlgen.training.distributed import agreed_mixed_precision
 from vlgen.training.checkpoint import NAME as CHECKPOINT_NAME
 from vlgen.training.checkpoint import latest_checkpoint
 

@@ -46,4 +46,9 @@ def parent_command_line():
 
 def check_launcher():
     """The warning for this process's launch, or None (world size from torchrun's WORLD_SIZE)."""
-    return launcher_warning(parent_command_line(), int(os.environ.get("WORLD_SIZE", "1")))
+    return launcher_warning(parent_command_line(), launched_processes())
+
+
+def launched_processes():
+    """How many processes the launch of this one started (torchrun's WORLD_SIZE; 1 without a launcher)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))

@@ -21,13 +21,13 @@ import numpy as np
 import torch
 import yaml
 from PIL import Image
-from accelerate.utils import gather_object
 from tqdm.auto import tqdm
 
 from vlgen.pipelines import labelled_grid, load_pipeline
 from vlgen.commands.defaults import GRID_GUIDANCE_SCALE, NPZ_GUIDANCE_SCALE, SAMPLE_DTYPES
 from vlgen.core.atomic import atomic_path
 from vlgen.core.differences import describe_differences
+from vlgen.core.host_channel import HostChannel
 from vlgen.core.ownership import owned
 from vlgen.core.precision import auto_precision
 from vlgen.core.threads import threads_line
@@ -117,7 +117,7 @@ def _changed_files(key, before, now):
     return f"the pipeline's files ({', '.join(changed[:4])}{' ...' if len(changed) > 4 else ''})"
 
 
-def _claim_parts(parts, description, accelerator, held):
+def _claim_parts(parts, description, accelerator, channel, held):
     """Hold OUT.parts/ (main process) and check that its batches, if any, come from these settings;
     a run.json without batches (a run that failed before its first batch) is replaced."""
     problem = None
@@ -135,11 +135,10 @@ def _claim_parts(parts, description, accelerator, held):
     elif problem is None and accelerator.is_main_process:
         with atomic_path(run_file) as temporary:
             temporary.write_text(json.dumps(description, indent=2))
-    if accelerator.num_processes > 1:
-        problem = next((p for p in gather_object([problem]) if p), None)
+    problem = next((p for p in channel.gather(problem) if p), None)
     if problem is not None:
         raise ValueError(problem)
-    accelerator.wait_for_everyone()
+    channel.wait_for_main()
 
 
 def _read_part(file):
@@ -151,7 +150,7 @@ def _read_part(file):
                          "again") from None
 
 
-def sample_npz(args, accelerator):
+def sample_npz(args, accelerator, channel):
     """Sample args.num_samples images over the processes into args.out; returns what was written.
     SIGTERM or SIGINT stops after the current batch (raises Stopped); the same command resumes."""
     guidance = NPZ_GUIDANCE_SCALE if args.guidance_scale is None else args.guidance_scale
@@ -159,9 +158,9 @@ def sample_npz(args, accelerator):
     parts = _parts_dir(out)
     pipe = _open_pipeline(args, accelerator.device)  # a missing or bad pipeline fails before OUT.parts/ exists
     with ExitStack() as held:
-        _claim_parts(parts, _run_description(args, guidance), accelerator, held)
+        _claim_parts(parts, _run_description(args, guidance), accelerator, channel, held)
         try:
-            _sample_batches(pipe, parts, args, guidance, accelerator)
+            _sample_batches(pipe, parts, args, guidance, accelerator, channel)
         except BaseException:
             if accelerator.is_main_process and not any(parts.glob("batch-*.npz")):
                 shutil.rmtree(parts, ignore_errors=True)  # nothing sampled: nothing left to block a new run
@@ -172,7 +171,7 @@ def sample_npz(args, accelerator):
             image_shape = _read_part(files[0])[0].shape[1:]
             write_samples_npz(out, (_read_part(f)[0] for f in files), labels, image_shape)
             shutil.rmtree(parts)
-    accelerator.wait_for_everyone()
+    channel.wait_for_main()  # the main process writes the npz: the others wait on the CPU side channel
     return f"{out}: {args.num_samples} images from {accelerator.num_processes} process(es)"
 
 
@@ -185,7 +184,7 @@ def _batch_count(args):
     return math.ceil(args.num_samples / args.batch_size)
 
 
-def _sample_batches(pipe, parts, args, guidance, accelerator):
+def _sample_batches(pipe, parts, args, guidance, accelerator, channel):
     """This process's missing batches, each written to OUT.parts/ as soon as it is done. The
     processes go in rounds (round r: batch r * P + rank) and agree after each whether to stop."""
     num_classes, count, processes = pipe.transformer.config.num_classes, _batch_count(args), accelerator.num_processes
@@ -201,11 +200,11 @@ def _sample_batches(pipe, parts, args, guidance, accelerator):
                 with atomic_path(parts / f"batch-{k:06d}.npz") as temporary, temporary.open("wb") as file:
                     np.savez(file, images=images, labels=np.asarray(labels))
                 bar.update()
-            if stop_agreed(accelerator, stop):  # every process calls it once per round
+            if stop_agreed(channel, stop):  # every process calls it once per round
                 done = sum(1 for _ in parts.glob("batch-*.npz"))
                 raise Stopped(f"stopped by {stop.name or 'a signal on another process'} with {done} of {count} "
                               f"batches in {parts}; run the same command to continue", stop.signum or signal.SIGTERM)
-    accelerator.wait_for_everyone()
+    channel.wait_for_main()
 
 
 def sample_grid(args, device):
@@ -252,5 +251,5 @@ def run_sampling(args):
     args.dtype = _decided_dtype(args.dtype, accelerator)
     if args.grid is not None:
         return sample_grid(args, accelerator.device) if accelerator.is_main_process else None
-    written = sample_npz(args, accelerator)
+    written = sample_npz(args, accelerator, HostChannel(accelerator.num_processes))
     return written if accelerator.is_main_process else None

@@ -1,11 +1,19 @@
-"""`mixed_precision: auto`: bf16 autocast only where this machine runs it faster than float32.
+"""The precision policy, in one place: which autocast a run uses and how float32 matmuls run.
 
+`mixed_precision: auto` picks bf16 autocast only where this machine runs it faster than float32.
 CPUs differ by orders of magnitude: with AMX or AVX512-BF16 a bf16 matmul runs several times the
 float32 rate, while a CPU with AVX2 alone can run it hundreds of times slower. A short probe (a
 256 x 256 matmul and a 4-head attention over 256 tokens in each precision, well under a second)
-measures both rates; its result is cached per machine and torch version. On CUDA the usual rule
-holds: bf16 where the device supports it.
+measures both rates; its result is cached per machine and torch version. On CUDA: bf16 where the
+GPU has it in hardware (Ampere and later; torch emulates it on older GPUs, slowly).
+`mixed_precision: launcher` takes what `accelerate launch` / `accelerate config` set.
+
+Master weights stay float32 under every setting. Float32 matmuls and convolutions on CUDA use
+TF32 in training, sampling and latent extraction (`set_tf32`, `train.tf32`), and IEEE float32 in
+evaluation (`ieee_fp32`: TF32 would move FID). Both go through torch's fp32_precision settings
+(torch refuses a mix of those and the legacy allow_tf32 flags in one process).
 """
+import contextlib
 import hashlib
 import json
 import os
@@ -103,19 +111,60 @@ def choose(fp32_gflops, bf16_gflops):
     return "bf16" if bf16_gflops >= MARGIN * fp32_gflops else "no"
 
 
+def cuda_has_bf16():
+    """Whether the current GPU computes bf16 in hardware (compute capability 8.0 and later), not by
+    emulation."""
+    return torch.cuda.is_available() and torch.cuda.get_device_capability() >= (8, 0)
+
+
 def auto_precision(device_type):
     """("bf16" or "no", why in words) of the setting "auto" on a device type."""
     if device_type == "cuda":
-        choice = "bf16" if torch.cuda.is_bf16_supported() else "no"
-        return choice, f"auto: CUDA {'with' if choice == 'bf16' else 'without'} bf16"
+        choice = "bf16" if cuda_has_bf16() else "no"
+        return choice, f"auto: a GPU {'with' if choice == 'bf16' else 'without'} bf16 in hardware"
     probe = cpu_precision_probe()
     return probe["choice"], (f"auto: this CPU runs matmul and attention at {probe['bf16_gflops']:g} GFLOP/s in bf16, "
                              f"{probe['fp32_gflops']:g} in float32")
 
 
+LAUNCHER_ENV = "ACCELERATE_MIXED_PRECISION"  # what accelerate launch passes on from its flag or config
+
+
 def resolve_mixed_precision(setting, device_type):
-    """(accelerate's mixed_precision, a line saying why) for "auto", "no", "bf16" or "fp16"."""
-    if setting != "auto":
-        return setting, f"mixed precision: {setting} (as set)"
-    choice, why = auto_precision(device_type)
+    """(accelerate's mixed_precision, a line saying why and what it overrode) for "auto", "no",
+    "bf16", "fp16" or "launcher" (the launcher's setting, "no" when it gave none)."""
+    launcher = os.environ.get(LAUNCHER_ENV)
+    if setting == "launcher":
+        choice = launcher or "no"
+        return choice, f"mixed precision: {choice} (from the launcher{'' if launcher else ', which set none'})"
+    if setting == "auto":
+        choice, why = auto_precision(device_type)
+    else:
+        choice, why = setting, "as set"
+    if launcher is not None and launcher != choice:
+        why += f"; the config's setting wins over the launcher's {launcher} (train.mixed_precision: launcher to take it)"
     return choice, f"mixed precision: {choice} ({why})"
+
+
+def _fp32_settings():
+    """torch's fp32_precision settings of CUDA matmuls and cuDNN convolutions."""
+    return torch.backends.cuda.matmul, torch.backends.cudnn.conv
+
+
+def set_tf32(enabled):
+    """Float32 matmuls and convolutions on CUDA in TF32 (Ampere and later: several times the IEEE
+    rate, a 10-bit mantissa for the products) or IEEE float32; no effect on CPU work."""
+    for backend in _fp32_settings():
+        backend.fp32_precision = "tf32" if enabled else "ieee"
+
+
+@contextlib.contextmanager
+def ieee_fp32():
+    """IEEE float32 matmuls and convolutions inside the block (evaluation: TF32 would move FID)."""
+    saved = [backend.fp32_precision for backend in _fp32_settings()]
+    set_tf32(False)
+    try:
+        yield
+    finally:
+        for backend, value in zip(_fp32_settings(), saved):
+            backend.fp32_precision = value

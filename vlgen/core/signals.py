@@ -59,12 +59,8 @@ class GracefulStop:
         return False
 
 
-def stop_agreed(accelerator, stop):
-    """Whether any process of an accelerate run was asked to stop: every process stops at the same
-    point (one small all-reduce per call with several processes)."""
-    if accelerator.num_processes == 1:
-        return stop.requested
-    import torch
-
-    flag = torch.tensor(float(stop.requested), device=accelerator.device)
-    return bool(accelerator.reduce(flag, reduction="sum").item())
+def stop_agreed(channel, stop):
+    """Whether any process of a launch was asked to stop (channel: its vlgen.core.host_channel):
+    every process stops at the same point. One small CPU collective per call with several
+    processes, which never waits for the GPU."""
+    return channel.any(stop.requested)

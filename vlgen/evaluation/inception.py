@@ -1,6 +1,5 @@
 """torch-fidelity's `inception-v3-compat` network (the TF FID Inception) as ADM's evaluator uses it:
 pool features (FID, KID, precision/recall), bias-free logits (IS) and the spatial features of sFID."""
-import contextlib
 import os
 import urllib.error
 from pathlib import Path
@@ -11,6 +10,7 @@ from torch_fidelity.feature_extractor_inceptionv3 import URL_INCEPTION_V3, Featu
 from torch_fidelity.utils import create_feature_extractor
 from tqdm.auto import tqdm
 
+from vlgen.core.precision import ieee_fp32
 from vlgen.core.tensor_files import load_tensor_file
 
 WEIGHTS_ENV = "VLGEN_INCEPTION_WEIGHTS"
@@ -37,17 +37,6 @@ def resolve_weights(path=None):
         raise FileNotFoundError(f"Inception weights {path} do not exist (from --inception-weights or ${WEIGHTS_ENV})")
     load_tensor_file(path)
     return path
-
-
-@contextlib.contextmanager
-def no_tf32():
-    """Full fp32 matmuls and convolutions: TF32 would move FID."""
-    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
-    try:
-        yield
-    finally:
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
 
 
 class InceptionFeatures:
@@ -77,7 +66,7 @@ class InceptionFeatures:
 
     @torch.no_grad()
     def __call__(self, images):
-        with no_tf32():
+        with ieee_fp32():
             pool, logits = self.network(images.to(self.device))
         return {"pool": pool, "logits": logits, "spatial": self._spatial.float()}
 

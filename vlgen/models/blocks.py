@@ -15,6 +15,22 @@ def modulate(x, shift, scale):
     return torch.addcmul(shift, x, 1 + scale)
 
 
+def compute_dtype(x):
+    """The dtype autocast runs matmuls in on x's device, or x's own dtype without autocast."""
+    device = x.device.type
+    if torch.amp.is_autocast_available(device) and torch.is_autocast_enabled(device):
+        return torch.get_autocast_dtype(device)
+    return x.dtype
+
+
+def modulated_norm(norm, x, shift, scale):
+    """modulate(norm(x)) in the dtype the next matmul takes: the residual stream x stays float32
+    under autocast, while the normalised tokens are kept (for backward) once, in bf16 / fp16,
+    instead of as float32 copies beside the cast the matmul makes."""
+    dtype = compute_dtype(x)
+    return modulate(norm(x).to(dtype), shift.to(dtype), scale.to(dtype))
+
+
 class AdaLNZeroBlock(nn.Module):
     """x + gate * attn(modulate(norm(x))), then x + gate * mlp(modulate(norm(x))), with the six
     shift/scale/gate vectors from one Linear of the activated conditioning SiLU(t_emb + y_emb)."""
@@ -30,9 +46,9 @@ class AdaLNZeroBlock(nn.Module):
     def forward(self, x, c_act, rope=None):
         """x: (N, T, D); c_act: SiLU of the conditioning, (N, D); rope: (cos, signed_sin) or None."""
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = self.adaln(c_act).unsqueeze(1).chunk(6, dim=-1)
-        x = torch.addcmul(x, gate_msa, self.attn(modulate(self.norm1(x), shift_msa, scale_msa), rope))
-        x = torch.addcmul(x, gate_mlp, self.mlp(modulate(self.norm2(x), shift_mlp, scale_mlp)))
-        return x
+        x = torch.addcmul(x, gate_msa, self.attn(modulated_norm(self.norm1, x, shift_msa, scale_msa), rope))
+        x = torch.addcmul(x, gate_mlp, self.mlp(modulated_norm(self.norm2, x, shift_mlp, scale_mlp)))
+        return x  # float32 when x is: the residual sums are promoted to it
 
 
 MLP_TYPES = ("swiglu", "gelu")
@@ -62,4 +78,4 @@ class FinalLayer(nn.Module):
 
     def forward(self, x, c_act):
         shift, scale = self.adaln(c_act).unsqueeze(1).chunk(2, dim=-1)
-        return self.linear(modulate(self.norm(x), shift, scale))
+        return self.linear(modulated_norm(self.norm, x, shift, scale))

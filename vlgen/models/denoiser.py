@@ -145,9 +145,10 @@ class VisionLLaMADenoiser(ModelMixin, ConfigMixin):
             )
         if y.shape != (x.shape[0],) or y.dtype.is_floating_point or y.dtype == torch.bool:
             raise ValueError(f"labels must be an integer tensor of shape ({x.shape[0]},), got {y.dtype} {tuple(y.shape)}")
-        # Checking the range needs the values on the host: only done where that costs no device sync,
-        # and not in a compiled graph, which reading values would break in two.
-        if y.device.type == "cpu" and y.numel() and not torch.compiler.is_compiling():
+        # Checking the range needs the values on the host: only done on plain CPU tensors (no device
+        # sync; fake tensors of memory estimates have none), and not in a compiled graph, which
+        # reading values would break in two.
+        if type(y) is torch.Tensor and y.device.type == "cpu" and y.numel() and not torch.compiler.is_compiling():
             highest = cfg.num_classes if self.null_class_id is not None else cfg.num_classes - 1
             low, high = int(y.min()), int(y.max())
             if low < 0 or high > highest:
@@ -189,7 +190,9 @@ class VisionLLaMADenoiser(ModelMixin, ConfigMixin):
         t = torch.as_tensor(t, device=x.device)
         t = t.expand(n) if t.ndim == 0 else t
 
-        tokens = self.patch_embed(x).flatten(2).transpose(1, 2)  # (N, T, D)
+        # The residual stream is float32 under autocast too (as in DiT / SiT): only the patch
+        # embedding's matmul runs in the autocast dtype. A model cast to bf16 stays bf16.
+        tokens = self.patch_embed(x).flatten(2).transpose(1, 2).to(self.patch_embed.weight.dtype)  # (N, T, D)
         rope = None
         if self.rope is None:
             tokens = tokens + self._pos_embed(grid_h, grid_w, x.device).to(tokens.dtype)

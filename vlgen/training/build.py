@@ -1,5 +1,6 @@
 """The run's components from a Config: dataset, denoiser, objective."""
 import dataclasses
+import importlib.util
 
 from vlgen.core.choices import check_choice
 from vlgen.data.images import ImageFolderDataset
@@ -10,8 +11,10 @@ from vlgen.models.registry import model_config
 from vlgen.objectives import KINDS, create_objective
 
 DATA_KINDS = ("shapes", "images", "latents")
-MIXED_PRECISION = ("auto", "no", "bf16", "fp16")
-TRACKERS = (None, "tensorboard")
+MIXED_PRECISION = ("auto", "no", "bf16", "fp16", "launcher")
+GRADIENT_COMPRESSION = (None, "bf16", "fp16")
+# accelerate's trackers: the package each needs, as pip installs it
+TRACKERS = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow", "aim": "aim", "comet_ml": "comet_ml"}
 
 
 def _positive(key, value):
@@ -24,12 +27,13 @@ def check_config(config):
     check_choice("data.kind", config.data.kind, DATA_KINDS)
     check_choice("objective.kind", config.objective.kind, KINDS)
     check_choice("train.mixed_precision", config.train.mixed_precision, MIXED_PRECISION)
-    check_choice("logging.tracker", config.logging.tracker, TRACKERS)
+    check_tracker(config.logging.tracker)
+    check_choice("train.gradient_compression", config.train.gradient_compression, GRADIENT_COMPRESSION)
     model_config(config.model.name)  # unknown names fail here, with close matches
     if config.data.kind != "shapes" and config.data.path is None:
         raise ValueError(f"data.kind={config.data.kind} needs data.path (the {config.data.kind} directory)")
-    for key in ("train.global_batch_size", "train.max_steps", "logging.log_every", "logging.checkpoint_every",
-                "logging.sample_steps", "data.resolution", "data.num_samples"):
+    for key in ("train.global_batch_size", "train.max_steps", "train.gradient_accumulation_steps", "logging.log_every",
+                "logging.checkpoint_every", "logging.sample_steps", "data.resolution", "data.num_samples"):
         section, name = key.split(".")
         _positive(key, getattr(getattr(config, section), name))
     if config.logging.keep_checkpoints is not None:
@@ -42,6 +46,16 @@ def check_config(config):
         raise ValueError(f"train.ema_decay must be in [0, 1], got {config.train.ema_decay}")
     if config.train.grad_clip is not None and not config.train.grad_clip > 0:
         raise ValueError(f"train.grad_clip must be positive or null, got {config.train.grad_clip}")
+
+
+def check_tracker(tracker):
+    """A tracker accelerate supports whose package is installed, or None."""
+    if tracker is None:
+        return
+    check_choice("logging.tracker", tracker, (None, *TRACKERS))
+    if importlib.util.find_spec(tracker) is None:
+        raise ValueError(f"logging.tracker={tracker} needs the {TRACKERS[tracker]} package: pip install "
+                         f"{TRACKERS[tracker]} (or set logging.tracker=null)")
 
 
 def build_dataset(data, seed):

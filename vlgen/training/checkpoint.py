@@ -19,7 +19,6 @@ import re
 from pathlib import Path
 
 import torch
-from accelerate.utils import gather_object
 from safetensors import SafetensorError
 from safetensors.torch import load_model, save_model
 
@@ -55,11 +54,12 @@ def _rng_state():
     return state
 
 
-def save_checkpoint(accelerator, directory, *, model, ema, optimizer, scheduler, step, config, data_info,
+def save_checkpoint(accelerator, channel, directory, *, model, ema, optimizer, scheduler, step, config, data_info,
                     window_state=None):
     """Write a checkpoint atomically (vlgen.core.atomic); every process must call it: the main
-    process gathers each process's RNG state and writes everything."""
-    rng_states = gather_object([_rng_state()]) if accelerator.num_processes > 1 else [_rng_state()]
+    process gathers each process's RNG state (on the CPU side channel) and writes everything, while
+    the others wait on that channel, whose timeout allows for a slow file system."""
+    rng_states = channel.gather(_rng_state())
     if accelerator.is_main_process:
         with atomic_path(directory) as temporary:
             temporary.mkdir()
@@ -74,7 +74,7 @@ def save_checkpoint(accelerator, directory, *, model, ema, optimizer, scheduler,
             torch.save(state, temporary / "state.pt")
             save_config(config, temporary / "config.yaml")
             (temporary / "data.json").write_text(json.dumps(data_info, indent=2))
-    accelerator.wait_for_everyone()
+    channel.wait_for_main()
 
 
 def read_checkpoint_config(directory):

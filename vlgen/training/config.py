@@ -61,7 +61,12 @@ class TrainConfig:
     warmup_steps: int = 0  # linear learning-rate warm-up, then constant
     grad_clip: float | None = None  # max gradient norm
     ema_decay: float = 0.995  # short runs: 0.995^2000 leaves no trace of the initial weights (0.999^2000 leaves 14%)
-    mixed_precision: str = "auto"  # auto (bf16 where this machine runs it faster), no, bf16 or fp16 (autocast; fp16 with loss scaling)
+    # auto (bf16 where this machine runs it faster), no, bf16 or fp16 (autocast; fp16 with loss scaling), or
+    # launcher (what accelerate launch --mixed_precision / accelerate config set)
+    mixed_precision: str = "auto"
+    tf32: bool = True  # CUDA float32 matmuls and convolutions in TF32 (Ampere and later); false: IEEE float32
+    gradient_accumulation_steps: int = 1  # micro-batches per process and step: the same run in less memory
+    gradient_compression: str | None = None  # bf16 or fp16: DDP sends gradients at half width (slow interconnects)
     seed: int = 0
 
 
@@ -74,7 +79,7 @@ class LoggingConfig:
     sample_every: int = 500  # sample-grid PNGs from the EMA model; 0 disables them
     sample_steps: int = 50  # sampler steps for the grid
     sample_guidance_scale: float = 4.0
-    tracker: str | None = "tensorboard"  # accelerate tracker, or None
+    tracker: str | None = "tensorboard"  # tensorboard, wandb, mlflow, aim, comet_ml (installed), or None
 
 
 @dataclass

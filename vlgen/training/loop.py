@@ -1,34 +1,40 @@
 """The training loop: accelerate (one CPU to many GPUs), EMA, logging, atomic checkpoints, resume."""
-import os
 import shutil
 import signal
 import sys
 import time
-from contextlib import ExitStack
+from contextlib import ExitStack, nullcontext
 from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import gather_object
 from tqdm.auto import tqdm
 
 from vlgen.core.differences import describe_differences
+from vlgen.core.host_channel import HostChannel
 from vlgen.core.optimizer import create_adamw
-from vlgen.core.ownership import owned
-from vlgen.core.precision import resolve_mixed_precision
-from vlgen.core.threads import threads_line
+from vlgen.core.precision import set_tf32
 from vlgen.core.signals import GracefulStop, Stopped, stop_agreed
+from vlgen.core.threads import threads_line
 from vlgen.data.batches import GlobalBatches, ProcessBatches, local_slice, step_generator
 from vlgen.training.build import build_dataset, build_model, build_objective, check_config, data_info
 from vlgen.training.checkpoint import (checkpoint_dir, latest_checkpoint, list_checkpoints, load_checkpoint,
                                        read_checkpoint_config, read_data_info, save_checkpoint)
 from vlgen.training.config import Config, plain_values, save_config
+from vlgen.training.distributed import (agreed_mixed_precision, agreed_resume, check_sharding_launcher, claim_output,
+                                        ddp_options)
 from vlgen.training.ema import create_ema, update_ema
-from vlgen.training.metrics_log import METRICS_FILE, MetricsLog
+from vlgen.training.memory import fit_problem, step_bytes
+from vlgen.training.metrics_log import MetricsLog
 
 # Settings that may differ between a checkpoint and the run resuming it.
-RESUME_MAY_CHANGE = {"train.max_steps", "train.mixed_precision", "model.gradient_checkpointing", "model.compile",
-                     "data.num_workers", "data.skip_bad", "logging"}
+RESUME_MAY_CHANGE = {"train.max_steps", "train.mixed_precision", "train.tf32", "train.gradient_accumulation_steps",
+                     "train.gradient_compression", "model.gradient_checkpointing", "model.compile", "data.num_workers",
+                     "data.skip_bad", "logging"}
+# With several processes, a stop request is agreed on every STOP_CHECK_EVERY steps (and at logging
+# and checkpoint steps) on the CPU side channel: no step waits for the GPU, and a stop comes at
+# most this many steps after the signal. A single process checks every step, at no cost.
+STOP_CHECK_EVERY = 10
 
 
 def _flatten(values, prefix=""):
@@ -53,100 +59,54 @@ def _check_resumable(saved, current, directory):
                          f"its own config (its config.yaml) or start a new logging.output_dir")
 
 
-def resolve_resume(resume, output_dir):
-    """None, 'latest' (the newest checkpoint of output_dir, or None when there is none yet) or a path."""
-    if resume is None:
-        return None
-    if resume == "latest":
-        return latest_checkpoint(output_dir)
-    path = Path(resume)
-    if not path.is_dir():
-        raise FileNotFoundError(f"resume checkpoint {path} does not exist")
-    return path
-
-
 def _learning_rate_factor(warmup_steps):
     return lambda step: min(1.0, (step + 1) / warmup_steps) if warmup_steps else 1.0
-
-
-def _holds_a_run(output):
-    """What of an earlier training run an output directory holds, or None."""
-    newest = latest_checkpoint(output)
-    if newest is not None:
-        return f"checkpoints up to {newest.name}"
-    if (output / METRICS_FILE).is_file() or (output / "config.yaml").is_file():
-        return "a run that stopped before its first checkpoint"
-    return None
-
-
-def agreed_mixed_precision(setting):
-    """accelerate's mixed_precision for a setting ("auto" probes the machine: vlgen.core.precision),
-    decided before the Accelerator exists (it takes the setting when it is made)."""
-    use_cpu = os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes")
-    device_type = "cuda" if torch.cuda.is_available() and not use_cpu else "cpu"
-    choice, why = resolve_mixed_precision(setting, device_type)
-    if setting == "auto" and int(os.environ.get("RANK", "0")) == 0:
-        print(why, file=sys.stderr)
-    return choice
-
-
-def _claim_output(accelerator, output, resume, held):
-    """Refuse an output that holds another run (unless resuming) or that another process is using;
-    the main process holds its lock (vlgen.core.ownership) until `held` closes. Every process
-    raises the same error, so none waits for the others."""
-    earlier = _holds_a_run(output) if resume is None else None
-    problem = None
-    if earlier is not None:
-        problem = (f"{output} already holds a training run ({earlier}); continue it with --resume latest, or train "
-                   "into a new directory (--set logging.output_dir=DIR)")
-    elif accelerator.is_main_process:
-        try:
-            stale = held.enter_context(owned(output))
-        except ValueError as error:
-            problem = str(error)
-        else:
-            if stale is not None:
-                print(f"took over {output} from {stale}, which is no longer running", file=sys.stderr)
-    if accelerator.num_processes > 1:
-        problem = next((p for p in gather_object([problem]) if p), None)
-    if problem is not None:
-        raise ValueError(problem)
 
 
 class Run:
     """The objects of one training run, built from a Config on an Accelerator."""
 
-    def __init__(self, config: Config, accelerator):
+    def __init__(self, config: Config, accelerator, channel=None):
         check_config(config)
         self.config, self.accelerator = config, accelerator
-        self.dataset = build_dataset(config.data, config.train.seed)
+        self.channel = channel or HostChannel(accelerator.num_processes)
+        train = config.train
+        processes, micro_batches = accelerator.num_processes, train.gradient_accumulation_steps
+        if train.global_batch_size % (processes * micro_batches):
+            raise ValueError(f"train.global_batch_size {train.global_batch_size} is not divisible by {processes} "
+                             f"process(es) x train.gradient_accumulation_steps {micro_batches}; change one of them")
+        self.micro_batch = train.global_batch_size // (processes * micro_batches)
+        self.dataset = build_dataset(config.data, train.seed)
         self.data_info = data_info(self.dataset)
-        torch.manual_seed(config.train.seed)  # the same initial weights in every process
+        torch.manual_seed(train.seed)  # the same initial weights in every process
         model = build_model(config.model, self.data_info)
         self.objective = build_objective(config.objective, model)
         self.ema = create_ema(model).to(accelerator.device)
-        if config.model.compile:
-            model.compile()  # in place: parameter names, state dicts and the EMA copy stay those of the plain model
-        train = config.train
         optimizer = create_adamw(model.parameters(), lr=train.lr, betas=train.betas, weight_decay=train.weight_decay)
         # Not prepared by accelerate: it would step the schedule once per process.
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _learning_rate_factor(train.warmup_steps))
         self.model, self.optimizer = accelerator.prepare(model, optimizer)
+        if config.model.compile:
+            # In place and after DDP wraps the model: dynamo then splits the graph at DDP's gradient
+            # buckets, so that their all-reduce overlaps backward. Parameter names, state dicts and the
+            # EMA copy stay those of the plain model.
+            self.model.compile()
         self.step = 0
 
     def save(self, window_state=None):
         """Checkpoint this step (every process calls it); window_state: the open metrics window."""
         cfg = self.config
-        save_checkpoint(self.accelerator, checkpoint_dir(cfg.logging.output_dir, self.step), model=self.model,
-                        ema=self.ema, optimizer=self.optimizer, scheduler=self.scheduler, step=self.step, config=cfg,
-                        data_info=self.data_info, window_state=window_state)
+        save_checkpoint(self.accelerator, self.channel, checkpoint_dir(cfg.logging.output_dir, self.step),
+                        model=self.model, ema=self.ema, optimizer=self.optimizer, scheduler=self.scheduler,
+                        step=self.step, config=cfg, data_info=self.data_info, window_state=window_state)
         keep = cfg.logging.keep_checkpoints
         if keep is not None and self.accelerator.is_main_process:
             for old in list_checkpoints(cfg.logging.output_dir)[:-keep]:  # only once the new one is complete
                 shutil.rmtree(old)
 
     def resume(self, directory):
-        """Continue from a checkpoint; returns the metrics window it saved (or None)."""
+        """Continue from a checkpoint (every process the same one); returns the metrics window it
+        saved (or None)."""
         _check_resumable(read_checkpoint_config(directory), self.config.to_dict(), directory)
         saved_data = read_data_info(directory)
         if saved_data != self.data_info:
@@ -154,6 +114,11 @@ class Run:
                              f"now ({self.data_info})")
         self.step, window_state = load_checkpoint(self.accelerator, directory, model=self.model, ema=self.ema,
                                                   optimizer=self.optimizer, scheduler=self.scheduler)
+        steps = self.channel.gather(self.step)
+        if len(set(steps)) > 1:
+            raise ValueError(f"the processes read {directory} as different steps ({steps}): nodes see different "
+                             "files there; wait until the checkpoint is complete on every node, or resume from an "
+                             "earlier one")
         return window_state
 
     def loader(self):
@@ -164,13 +129,15 @@ class Run:
                                            pin_memory=acc.device.type == "cuda")
 
     def train_step(self, batch):
-        """One optimisation step on this process's slice; returns the (device) loss."""
+        """One optimisation step on this process's slice, in train.gradient_accumulation_steps
+        micro-batches (DDP all-reduces the gradients once, after the last); returns the (device)
+        loss. Every random draw is made for the whole global batch from (seed, step) and sliced, so
+        a step is the same for any number of processes and micro-batches, up to float rounding."""
         cfg, acc = self.config, self.accelerator
         device, n_global = acc.device, cfg.train.global_batch_size
-        x = batch["x"].to(device, non_blocking=True)
-        y = batch["y"].to(device, non_blocking=True)
         generator = step_generator(cfg.train.seed, self.step, device)
-        sample_shape = x.shape[2:] if self.dataset.posterior else x.shape[1:]  # posterior: (N, 2, C, H, W)
+        x_all = batch["x"]
+        sample_shape = x_all.shape[2:] if self.dataset.posterior else x_all.shape[1:]  # posterior: (N, 2, C, H, W)
         shape = (n_global, *sample_shape)
 
         def share(tensor):
@@ -179,10 +146,21 @@ class Run:
         t = share(self.objective.sample_times(n_global, device, generator))
         noise = share(torch.randn(shape, device=device, generator=generator))
         drop = share(torch.rand(n_global, device=device, generator=generator) < cfg.model.class_dropout_prob)
-        if self.dataset.posterior:  # latents: a fresh draw from the VAE posterior, as DiT encodes per step
-            x = x[:, 0] + x[:, 1] * share(torch.randn(shape, device=device, generator=generator))
-        loss = self.objective.training_losses(self.model, x, t, noise, y=y, drop_labels=drop)["loss"].mean()
-        acc.backward(loss)
+        # latents: a fresh draw from the VAE posterior, as DiT encodes per step
+        posterior = share(torch.randn(shape, device=device, generator=generator)) if self.dataset.posterior else None
+        micro_batches = cfg.train.gradient_accumulation_steps
+        total = torch.zeros((), device=device)
+        for i in range(micro_batches):
+            part = slice(i * self.micro_batch, (i + 1) * self.micro_batch)
+            x = x_all[part].to(device, non_blocking=True)
+            y = batch["y"][part].to(device, non_blocking=True)
+            if posterior is not None:
+                x = x[:, 0] + x[:, 1] * posterior[part]
+            with nullcontext() if i == micro_batches - 1 else acc.no_sync(self.model):
+                losses = self.objective.training_losses(self.model, x, t[part], noise[part], y=y, drop_labels=drop[part])
+                loss = losses["loss"].mean() / micro_batches
+                acc.backward(loss)
+            total += loss.detach()
         if cfg.train.grad_clip is not None:
             acc.clip_grad_norm_(self.model.parameters(), cfg.train.grad_clip)
         self.optimizer.step()
@@ -190,7 +168,18 @@ class Run:
         self.optimizer.zero_grad(set_to_none=True)
         update_ema(self.ema, acc.unwrap_model(self.model), cfg.train.ema_decay)
         self.step += 1
-        return loss.detach()
+        return total
+
+    def memory_problem(self, capacity):
+        """Why a step will not fit in capacity bytes of device memory (estimated from the model and
+        the micro-batch: vlgen.training.memory), or None."""
+        cfg, model, dataset = self.config, self.accelerator.unwrap_model(self.model), self.dataset
+        shape = (self.micro_batch, dataset.channels, dataset.size, dataset.size)
+        estimate = step_bytes(lambda: type(model).from_config(model.config), sum(p.numel() for p in model.parameters()),
+                              shape, self.accelerator.mixed_precision, cfg.model.gradient_checkpointing,
+                              self.accelerator.device)
+        return fit_problem(estimate, capacity, self.micro_batch, cfg.train.gradient_accumulation_steps,
+                           cfg.model.gradient_checkpointing)
 
 
 def _first_bad_step(accelerator, first_bad):
@@ -205,21 +194,36 @@ def train(config: Config, *, resume=None, on_sample=None):
     called on every process every logging.sample_every steps and at the end (sample grids).
     SIGTERM or SIGINT stops training after the current step with a checkpoint (raises Stopped).
     Returns the Run."""
+    check_config(config)
+    check_sharding_launcher()
     log = config.logging
     accelerator = Accelerator(mixed_precision=agreed_mixed_precision(config.train.mixed_precision),
-                              log_with=log.tracker, project_dir=log.output_dir)
+                              log_with=log.tracker, project_dir=log.output_dir,
+                              kwargs_handlers=[ddp_options(config.train)])
+    set_tf32(config.train.tf32)
+    channel = HostChannel(accelerator.num_processes)
     if accelerator.is_main_process:
         print(threads_line(), file=sys.stderr)
     output = Path(log.output_dir)
     with ExitStack() as held:
-        _claim_output(accelerator, output, resume, held)
-        return _train(config, accelerator, output, resume, on_sample)
+        claim_output(accelerator, channel, output, resume, held)
+        return _train(config, accelerator, channel, output, resume, on_sample)
 
 
-def _train(config, accelerator, output, resume, on_sample):
+def device_capacity(device):
+    """Bytes of memory of a CUDA device; None elsewhere (the memory of a CPU run is not checked)."""
+    return torch.cuda.get_device_properties(device).total_memory if device.type == "cuda" else None
+
+
+def _train(config, accelerator, channel, output, resume, on_sample):
     log = config.logging
-    run = Run(config, accelerator)
-    start = resolve_resume(resume, output)
+    run = Run(config, accelerator, channel)
+    capacity = device_capacity(accelerator.device)
+    if capacity is not None and accelerator.is_main_process:
+        problem = run.memory_problem(capacity)
+        if problem is not None:
+            print(f"warning: {problem}", file=sys.stderr)
+    start = agreed_resume(accelerator, channel, resume, output)
     window_state = None
     if start is not None:
         window_state = run.resume(start)
@@ -241,14 +245,18 @@ def _train(config, accelerator, output, resume, on_sample):
     with bar, GracefulStop("the current step, with a checkpoint") as stop:
         for batch in run.loader():
             loss = run.train_step(batch)
-            # Bookkeeping stays on the device: no host sync until a log or checkpoint step.
-            metrics.add(loss, int(batch["skipped"].sum()) if "skipped" in batch else 0)
+            # Bookkeeping stays where it is (the loss on the device, the loader's counts on the host):
+            # no host sync and no collective until a log, checkpoint or stop-check step.
+            metrics.add(loss, batch.get("skipped"))
             first_bad = torch.where((first_bad == 0) & ~torch.isfinite(loss), run.step, first_bad)
             bar.update(1)
             at_end = run.step == max_steps
-            stopping = stop_agreed(accelerator, stop)
             logging_now = run.step % log.log_every == 0 or at_end
-            saving_now = run.step % log.checkpoint_every == 0 or at_end or stopping
+            saving_now = run.step % log.checkpoint_every == 0 or at_end
+            stopping = False
+            if not channel.distributed or run.step % STOP_CHECK_EVERY == 0 or logging_now or saving_now:
+                stopping = stop_agreed(channel, stop)
+                saving_now = saving_now or stopping
             if not (logging_now or saving_now):
                 continue
             bad = _first_bad_step(accelerator, first_bad)

@@ -44,7 +44,7 @@ class MetricsLog:
         self.write = write  # the main process writes
         self.loss_sum = torch.zeros((), device=device)
         self.window_steps = 0
-        self.skipped_total = 0
+        self.skipped_total = torch.zeros((), dtype=torch.long)  # on the host, where the loader counts
 
     def continue_after(self, step, window_state=None):
         """Keep the records up to `step` and restore the window a checkpoint saved there."""
@@ -54,23 +54,26 @@ class MetricsLog:
         if window_state is not None:
             self.loss_sum.copy_(window_state["loss_sum"])
             self.window_steps = int(window_state["window_steps"])
-            self.skipped_total = int(window_state["skipped_total"])
+            self.skipped_total.fill_(int(window_state["skipped_total"]))
 
-    def add(self, loss, skipped):
+    def add(self, loss, skipped=None):
+        """One step's loss (a device tensor) and the loader's per-sample counts of skipped images (a
+        host tensor, or None), added where they are: no transfer."""
         self.loss_sum += loss
         self.window_steps += 1
-        self.skipped_total += skipped
+        if skipped is not None:
+            self.skipped_total += skipped.sum()
 
     def window_state(self, accelerator):
         """What a checkpoint keeps of the open window (the loss sum averaged over processes)."""
         return {"loss_sum": accelerator.reduce(self.loss_sum, reduction="mean").cpu(),
-                "window_steps": self.window_steps, "skipped_total": self.skipped_total}
+                "window_steps": self.window_steps, "skipped_total": int(self.skipped_total)}
 
     def close_window(self, accelerator, step, lr, images_per_s):
         """Append the record of the window ending at `step`; returns it."""
         mean_loss = accelerator.reduce(self.loss_sum, reduction="mean").item() / self.window_steps
         record = {"step": step, "loss": mean_loss, "lr": lr, "images_per_s": images_per_s,
-                  "skipped_images": self.skipped_total, "mixed_precision": accelerator.mixed_precision}
+                  "skipped_images": int(self.skipped_total), "mixed_precision": accelerator.mixed_precision}
         if self.write:
             with self.path.open("a") as file:
                 file.write(json.dumps(record) + "\n")

@@ -2,7 +2,7 @@
 import torch
 from tqdm.auto import tqdm
 
-from vlgen.sampling.noise import check_finite, randn_like
+from vlgen.sampling.noise import FiniteCheck, randn_like
 from vlgen.diffusion.gaussian import gather
 
 
@@ -11,11 +11,11 @@ def _steps(diffusion, progress, desc):
     return tqdm(indices, desc=desc, disable=not progress, leave=False)
 
 
-def _predict(denoise, diffusion, x, i, clip_denoised, cond):
+def _predict(denoise, diffusion, x, i, clip_denoised, cond, finite):
     """One model evaluation at step i: (t, p(x_{t-1} | x_t) as p_mean_variance's dict)."""
     t = torch.full((x.shape[0],), i, device=x.device, dtype=torch.long)
     output = denoise(x, diffusion.model_timesteps(t), **cond)
-    check_finite(output, i)
+    finite.see(output, i)
     return t, diffusion.p_mean_variance(output, x, t, clip_denoised=clip_denoised)
 
 
@@ -23,10 +23,11 @@ def _predict(denoise, diffusion, x, i, clip_denoised, cond):
 def sample_ddpm(denoise, diffusion, noise, *, clip_denoised=False, generator=None, progress=True, **cond):
     """Ancestral sampling: x_{t-1} = mean + exp(log_var / 2) * z from x_T = noise, every step of
     the (respaced) process; no noise is added at the last step."""
-    x = noise
+    x, finite = noise, FiniteCheck()
     for i in _steps(diffusion, progress, "DDPM"):
-        _, out = _predict(denoise, diffusion, x, i, clip_denoised, cond)
+        _, out = _predict(denoise, diffusion, x, i, clip_denoised, cond, finite)
         x = out["mean"] + torch.exp(0.5 * out["log_variance"]) * randn_like(x, generator) if i > 0 else out["mean"]
+    finite.report()
     return x
 
 
@@ -36,9 +37,9 @@ def sample_ddim(denoise, diffusion, noise, *, eta=0.0, clip_denoised=False, gene
     matches DDPM's posterior variance."""
     if not eta >= 0:
         raise ValueError(f"DDIM's eta must be >= 0 (0: deterministic, 1: DDPM's posterior variance), got {eta}")
-    x = noise
+    x, finite = noise, FiniteCheck()
     for i in _steps(diffusion, progress, "DDIM"):
-        t, out = _predict(denoise, diffusion, x, i, clip_denoised, cond)
+        t, out = _predict(denoise, diffusion, x, i, clip_denoised, cond, finite)
         pred_x0 = out["pred_x0"]
         eps = diffusion.predict_eps_from_x0(x, t, pred_x0)
         tables = diffusion.tables_on(t.device)
@@ -47,4 +48,5 @@ def sample_ddim(denoise, diffusion, noise, *, eta=0.0, clip_denoised=False, gene
         x = pred_x0 * torch.sqrt(alpha_bar_prev) + torch.sqrt(1 - alpha_bar_prev - sigma**2) * eps
         if i > 0 and eta > 0:
             x = x + sigma * randn_like(x, generator)
+    finite.report()
     return x

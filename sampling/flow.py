@@ -9,7 +9,7 @@ import torch
 from torchdiffeq import odeint
 from tqdm.auto import tqdm
 
-from vlgen.sampling.noise import check_finite, randn_like
+from vlgen.sampling.noise import FiniteCheck, randn_like
 from vlgen.core.choices import check_choice
 from vlgen.transport import DIFFUSION_FORMS
 from vlgen.transport.paths import expand_like
@@ -37,13 +37,14 @@ def _check_steps(num_steps, minimum):
         raise ValueError(f"num_steps must be an integer >= {minimum}, got {num_steps!r}")
 
 
-def _evaluator(denoise, transport, cond, bar):
-    """model(x, t) -> (output, t as (N,)), checked for shape and finiteness, counted on the bar."""
+def _evaluator(denoise, transport, cond, bar, finite):
+    """model(x, t) -> (output, t as (N,)), checked for shape, watched for finiteness (finite: a
+    FiniteCheck), counted on the bar."""
 
     def evaluate(x, t):
         t_batch = torch.as_tensor(t, dtype=x.dtype, device=x.device).expand(x.shape[0])
         output = check_output(denoise(x, t_batch, **cond), x)
-        check_finite(output, f"t={float(t):.4f}")
+        finite.see(output, t)
         bar.update()
         return output, t_batch
 
@@ -54,7 +55,10 @@ def _integrate(field, state, t0, t1, method, num_steps, atol, rtol):
     """The state at t1 of d state / dt = field(t, state) from t0, by torchdiffeq."""
     x = state[0] if isinstance(state, tuple) else state
     if method in FIXED_SOLVERS:
-        times, options = torch.linspace(t0, t1, num_steps + 1, dtype=x.dtype, device=x.device), None
+        # Asked for the end state only, over a grid of its own: torchdiffeq then keeps two states, not
+        # one per step, and reads one value per step on the host (where the output grid is).
+        grid = torch.linspace(t0, t1, num_steps + 1, dtype=x.dtype, device=x.device)
+        times, options = grid[[0, -1]], {"grid_constructor": lambda func, y0, t: grid}
     else:
         # step_t makes the last step land on t1 instead of stepping past it and interpolating back:
         # the model is never evaluated outside the interval it was trained on.
@@ -81,14 +85,17 @@ def sample_ode(denoise, transport, noise, *, method="dopri5", num_steps=50, atol
     method = _ode_solver(method)
     _check_steps(num_steps, 1)
     t0, t1 = transport.interval(reverse=reverse)
+    finite = FiniteCheck("t={:.4f}", immediate=method in ADAPTIVE_SOLVERS)  # step control reads every step anyway
     with _progress(progress, f"ODE {method}") as bar:
-        evaluate = _evaluator(denoise, transport, cond, bar)
+        evaluate = _evaluator(denoise, transport, cond, bar, finite)
 
         def velocity(t, x):
             output, t_batch = evaluate(x, t)
             return transport.velocity(output, x, t_batch)
 
-        return _integrate(velocity, noise, t0, t1, method, num_steps, atol, rtol)
+        x = _integrate(velocity, noise, t0, t1, method, num_steps, atol, rtol)
+    finite.report()
+    return x
 
 
 @torch.no_grad()
@@ -124,8 +131,9 @@ def sample_sde(denoise, transport, noise, *, method="euler", diffusion_form="sig
     times = torch.linspace(t0, t1, num_steps, dtype=noise.dtype, device=noise.device)
     dt = times[1] - times[0]
 
+    finite = FiniteCheck("t={:.4f}")
     with _progress(progress, f"SDE {method}") as bar:
-        evaluate = _evaluator(denoise, transport, cond, bar)
+        evaluate = _evaluator(denoise, transport, cond, bar, finite)
 
         def diffusion(x, t):
             return path.diffusion(expand_like(t.expand(x.shape[0]), x), diffusion_form, diffusion_norm)
@@ -156,7 +164,8 @@ def sample_sde(denoise, transport, noise, *, method="euler", diffusion_form="sig
             t_x = expand_like(t_batch, x)
             alpha, sigma = path.alpha(t_x)[0], path.sigma(t_x)[0]
             x = (x + sigma**2 * transport.score(output, x, t_batch)) / alpha
-        return x
+    finite.report()
+    return x
 
 
 def log_likelihood(denoise, transport, x, *, method="dopri5", num_steps=50, atol=1e-6, rtol=1e-3, generator=None,
@@ -173,8 +182,9 @@ def log_likelihood(denoise, transport, x, *, method="dopri5", num_steps=50, atol
     gen_device = generator.device if generator is not None else x.device
     probe = (torch.randint(0, 2, x.shape, generator=generator, device=gen_device) * 2 - 1).to(x)
 
+    finite = FiniteCheck("t={:.4f}", immediate=method in ADAPTIVE_SOLVERS)
     with _progress(progress, f"likelihood {method}") as bar:
-        evaluate = _evaluator(denoise, transport, cond, bar)
+        evaluate = _evaluator(denoise, transport, cond, bar, finite)
 
         def dynamics(t, state):
             x_t = state[0].detach().requires_grad_(True)
@@ -186,5 +196,6 @@ def log_likelihood(denoise, transport, x, *, method="dopri5", num_steps=50, atol
 
         with torch.no_grad():
             z, integral = _integrate(dynamics, (x, x.new_zeros(x.shape[0])), t1, t0, method, num_steps, atol, rtol)
+    finite.report()
     prior = -0.5 * (z.flatten(1) ** 2 + math.log(2 * math.pi)).sum(1)
     return prior + integral, z  # integral runs t1 -> t0, so it is minus the integral over [t0, t1]

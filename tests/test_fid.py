@@ -274,3 +274,17 @@ def test_cli_prints_a_json_line_and_a_table(folders, weights, capsys):
     results = json.loads(out.out.splitlines()[0])
     assert set(results) == {"num_images", "fid", "inception_score", "inception_score_std"} and results["num_images"] == 12
     assert "fid" in out.out.splitlines()[2] and "biased upward" in out.err
+
+
+@pytest.mark.parametrize("cuda, device, batch", [(False, "cpu", 50), (True, "cuda", 250)])
+def test_fid_defaults_to_the_gpu_and_its_batch_where_there_is_one(monkeypatch, capsys, cuda, device, batch):
+    from vlgen.commands import cli
+    from vlgen import evaluation
+
+    seen = {}
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    monkeypatch.setattr(evaluation, "evaluate", lambda *args, **kwargs: seen.update(kwargs) or {"fid": 1.0})
+    assert cli.main(["fid", "a.npz", "b.npz"]) == 0
+    assert (seen["device"], seen["batch_size"]) == (device, batch)
+    assert cli.main(["fid", "a.npz", "b.npz", "--device", "cpu", "--batch-size", "7"]) == 0
+    assert (seen["device"], seen["batch_size"]) == ("cpu", 7)

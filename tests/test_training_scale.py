@@ -246,3 +246,35 @@ def test_bf16_autocast_keeps_the_residual_stream_float32_and_stores_no_float32_c
     float32 = [tensor for tensor in activations if tensor.dtype == torch.float32]
     assert len(float32) == 2  # the two LayerNorms' inputs: the float32 residual stream itself
     assert len(activations) - len(float32) >= 4  # the modulated tokens, kept in bf16
+
+
+def test_a_latent_runs_vae_is_loaded_before_the_first_step(tmp_path, capsys):
+    """The VAE that decodes the grids is loaded at start: a missing one fails the run before it
+    trains, not at its first grid (steps later, on a node without internet say)."""
+    import shutil
+
+    from conftest import tiny_vae, write_image_folder
+
+    from vlgen.data.latents import extract_latents
+
+    tiny_vae(tmp_path / "vae")
+    extract_latents(Accelerator(cpu=True), write_image_folder(tmp_path / "data", per_class=2), str(tmp_path / "vae"),
+                    tmp_path / "latents", resolution=12)
+    shutil.rmtree(tmp_path / "vae")
+    arguments = [a for o in overrides_as_arguments("model.name=SiT-LLaMA-S/2", "data.kind=latents",
+                                                   f"data.path={tmp_path / 'latents'}", "logging.sample_every=50",
+                                                   f"logging.output_dir={tmp_path / 'run'}") for a in ("--set", o)]
+    assert main(["train", *arguments]) == 2
+    assert str(tmp_path / "vae") in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
+def test_training_grids_sample_in_the_runs_precision(tmp_path):
+    from vlgen.commands.train import grid_sampler
+
+    run = train(tiny_config(tmp_path, "train.max_steps=1", 'train.mixed_precision="bf16"', "logging.sample_steps=2"))
+    dtypes = []
+    run.ema.blocks[0].attn.qkv.register_forward_hook(lambda module, args, output: dtypes.append(output.dtype))
+    grid_sampler()(run)
+    assert (tmp_path / "samples" / "step-0000001.png").is_file()
+    assert dtypes and set(dtypes) == {torch.bfloat16}

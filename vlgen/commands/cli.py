@@ -10,6 +10,8 @@ from vlgen.commands.defaults import DEMO_FRAMEWORKS, GRID_GUIDANCE_SCALE, NPZ_GU
 
 # Errors that come from the user's input or data: reported in one line, exit status 2.
 USER_ERRORS = (ValueError, OSError, FloatingPointError)
+# Inception batch of `vlgen fid` by device: a GPU takes large batches, a CPU's memory and caches smaller ones.
+FID_BATCH = {"cuda": 250, "cpu": 50}
 # `vlgen train-classifier` without --size: learns shapes in a few minutes on 2 CPU cores.
 SMALL_CLASSIFIER = dict(hidden_size=96, depth=3, num_heads=6)
 
@@ -58,9 +60,13 @@ def _cmd_fid(args):
 
     from vlgen.evaluation import evaluate
 
+    import torch
+
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    batch_size = args.batch_size or FID_BATCH["cuda" if device.startswith("cuda") else "cpu"]
     with _warnings_reported("fid"):
-        results = evaluate(args.generated, args.reference, args.metrics, batch_size=args.batch_size,
-                           device=args.device, inception_weights=args.inception_weights, num_workers=args.num_workers,
+        results = evaluate(args.generated, args.reference, args.metrics, batch_size=batch_size,
+                           device=device, inception_weights=args.inception_weights, num_workers=args.num_workers,
                            cache_dir=args.cache_dir or "default")
     print(json.dumps(results))
     for name, value in results.items():
@@ -129,8 +135,10 @@ def _cmd_train_classifier(args):
 def _cmd_extract_latents(args):
     from accelerate import Accelerator
 
+    from vlgen.core.precision import set_tf32
     from vlgen.data.latents import extract_latents
 
+    set_tf32(args.tf32)
     meta = extract_latents(Accelerator(), args.data, args.vae, args.out, resolution=args.resolution,
                            batch_size=args.batch_size, flip=args.flip, dtype=args.dtype, num_workers=args.num_workers,
                            vae_subfolder=args.vae_subfolder or None, skip_bad=args.skip_bad)
@@ -242,8 +250,11 @@ def _add_sample_arguments(parser):
                         help="image side in pixels (default: the trained size; others use AS2DRoPE)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--dtype", default="auto", choices=SAMPLE_DTYPES,
-                        help="transformer and VAE precision (default auto: bfloat16 where this machine runs it faster "
-                             "than float32, measured once; on CUDA where supported)")
+                        help="transformer precision, and the VAE's for --grid (default auto: bfloat16 where this machine "
+                             "runs it faster than float32, measured once; on CUDA where the GPU has it); the VAE decodes "
+                             "an npz (FID input) in float32")
+    parser.add_argument("--no-tf32", dest="tf32", action="store_false",
+                        help="CUDA float32 matmuls in IEEE float32 instead of TF32")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out / --grid file")
 
 
@@ -294,8 +305,9 @@ def build_parser():
                      help="reference statistics .npz (mu, sigma; e.g. VIRTUAL_imagenet256_labeled.npz), images .npz or "
                           "folder; not needed for --metrics isc")
     fid.add_argument("--metrics", default="fid", help="comma-separated: fid,sfid,isc,kid,prc (default fid)")
-    fid.add_argument("--batch-size", type=int, default=50)
-    fid.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    fid.add_argument("--batch-size", type=int, default=None,
+                     help=f"images per Inception batch (default {FID_BATCH['cuda']} on a GPU, {FID_BATCH['cpu']} on the CPU)")
+    fid.add_argument("--device", default="auto", help="auto (default: a GPU when one is present), cpu, cuda, cuda:1, ...")
     fid.add_argument("--num-workers", type=int, default=0, help="image-decoding processes for folders")
     fid.add_argument("--inception-weights", default=None,
                      help="local copy of torch-fidelity's weights-inception-2015-12-05-6726825d.pth (offline machines; "
@@ -327,6 +339,8 @@ def build_parser():
                          help="storage precision of the latents (float16 halves the disk space)")
     latents.add_argument("--num-workers", type=int, default=4, help="image-decoding processes")
     latents.add_argument("--skip-bad", action="store_true", help="skip unreadable images instead of failing")
+    latents.add_argument("--no-tf32", dest="tf32", action="store_false",
+                         help="CUDA float32 matmuls and convolutions in IEEE float32 instead of TF32")
     latents.set_defaults(func=_cmd_extract_latents)
 
     classifier = sub.add_parser("train-classifier", parents=computes, help="train a VisionLLaMA classifier on shapes or an image folder "

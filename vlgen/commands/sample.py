@@ -29,7 +29,7 @@ from vlgen.core.atomic import atomic_path
 from vlgen.core.differences import describe_differences
 from vlgen.core.host_channel import HostChannel
 from vlgen.core.ownership import owned
-from vlgen.core.precision import auto_precision
+from vlgen.core.precision import auto_precision, set_tf32
 from vlgen.core.threads import threads_line
 from vlgen.core.signals import GracefulStop, Stopped, stop_agreed
 from vlgen.evaluation.images import to_uint8, write_samples_npz
@@ -80,6 +80,8 @@ def _open_pipeline(args, device):
     with warnings.catch_warnings():  # every diffusers takes torch_dtype; the newest also say dtype and warn
         warnings.filterwarnings("ignore", "`torch_dtype` is deprecated", FutureWarning)
         pipe = load_pipeline(args.pipeline, torch_dtype=DTYPES[args.dtype]).to(device)
+    if args.out is not None and pipe.vae is not None:
+        pipe.vae.to(torch.float32)  # FID input: decoded in full precision, whatever the transformer runs in
     if args.sampler is not None or args.options:
         pipe.use_sampler(args.sampler, **sampler_options(args))
     pipe.set_progress_bar_config(disable=True)  # the batches have their own bar
@@ -246,6 +248,7 @@ def run_sampling(args):
     from accelerate import Accelerator
 
     _check_args(args)
+    set_tf32(args.tf32)
     accelerator = Accelerator()
     accelerator.print(threads_line())
     args.dtype = _decided_dtype(args.dtype, accelerator)

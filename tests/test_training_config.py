@@ -36,7 +36,7 @@ def test_paper_configs_follow_the_reference_recipe(run, model):
     assert (train.global_batch_size, train.ema_decay, train.max_steps) == (256, 0.9999, 400_000)
     assert train.grad_clip is None and train.warmup_steps == 0 and config.model.class_dropout_prob == 0.1
     assert config.objective.kind == ("ddpm" if model.startswith("DiT") else "flow")
-    assert train.mixed_precision == ("fp16" if "LLaMA" in model else "no")
+    assert train.mixed_precision == ("bf16" if "LLaMA" in model else "no")
     assert config.data.kind == "latents" and config.data.random_flip
     assert config.logging.output_dir == f"results/{run}"
 

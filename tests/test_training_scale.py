@@ -278,3 +278,23 @@ def test_training_grids_sample_in_the_runs_precision(tmp_path):
     grid_sampler()(run)
     assert (tmp_path / "samples" / "step-0000001.png").is_file()
     assert dtypes and set(dtypes) == {torch.bfloat16}
+
+
+@pytest.mark.parametrize("tf32, expected", [(True, "tf32"), (False, "ieee")])
+def test_train_tf32_sets_the_float32_matmul_precision(tmp_path, tf32, expected):
+    matmul, conv = torch.backends.cuda.matmul, torch.backends.cudnn.conv
+    saved = matmul.fp32_precision, conv.fp32_precision
+    try:
+        train(tiny_config(tmp_path, "train.max_steps=1", f"train.tf32={str(tf32).lower()}"))
+        assert (matmul.fp32_precision, conv.fp32_precision) == (expected, expected)
+    finally:
+        matmul.fp32_precision, conv.fp32_precision = saved
+
+
+def test_a_run_says_when_its_step_will_not_fit_the_device(tmp_path):
+    """The check a CUDA run makes at start, here with a capacity given: the estimate of this
+    run's micro-batch against it."""
+    run = Run(tiny_config(tmp_path, "train.gradient_accumulation_steps=2"), Accelerator(cpu=True))
+    assert run.memory_problem(2**40) is None
+    problem = run.memory_problem(2**20)
+    assert "a training step needs at least" in problem and "activations of a micro-batch of 4" in problem

@@ -72,7 +72,8 @@ def test_metrics_equal_torch_fidelity_on_the_same_folders(folders, weights, extr
     assert ours["fid"] > 1  # distinct sets: the comparison is not 0 == 0
     assert ours["fid"] == pytest.approx(theirs["frechet_inception_distance"], rel=1e-6)
     assert ours["inception_score"] == pytest.approx(theirs["inception_score_mean"], rel=1e-9)
-    assert ours["kid"] == pytest.approx(theirs["kernel_inception_distance_mean"], rel=1e-9)
+    # computed in float64 on the device; torch-fidelity sums its kernels in float32
+    assert ours["kid"] == pytest.approx(theirs["kernel_inception_distance_mean"], rel=1e-6)
 
 
 @pytest.mark.slow
@@ -265,15 +266,28 @@ def test_weights_from_the_environment_and_unsafe_files_refused(tmp_path, monkeyp
 
 
 @pytest.mark.slow
-def test_cli_prints_a_json_line_and_a_table(folders, weights, capsys):
-    folder, second, _ = folders
-    code = main(["fid", str(folder), str(second), "--metrics", "fid,isc", "--inception-weights", str(weights),
-                 "--batch-size", "6", "--cache-dir", str(folder.parent / "cache")])
+@pytest.mark.slow
+def test_cli_json_has_torch_fidelitys_keys_and_values_and_the_table_is_for_people(folders, weights, capsys, tmp_path):
+    first, second, _ = folders
+    common = [str(first), str(second), "--inception-weights", str(weights), "--batch-size", "6", "--cache-dir",
+              str(tmp_path / "cache")]
+    assert main(["fid", *common, "--metrics", "fid,sfid,isc,kid,prc", "--kid-subset-size", "6", "--json", "--save",
+                 str(tmp_path / "s.json")]) == 0
     out = capsys.readouterr()
-    assert code == 0
-    results = json.loads(out.out.splitlines()[0])
-    assert set(results) == {"num_images", "fid", "inception_score", "inception_score_std"} and results["num_images"] == 12
-    assert "fid" in out.out.splitlines()[2] and "biased upward" in out.err
+    ours = json.loads(out.out)
+    assert json.loads((tmp_path / "s.json").read_text()) == ours
+    theirs = torch_fidelity.calculate_metrics(
+        input1=str(first), input2=str(second), fid=True, isc=True, kid=True, prc=True, kid_subset_size=6,
+        feature_extractor="inception-v3-compat",  # for prc too (its default is VGG-16; ADM uses Inception)
+        batch_size=6,  # the batches of ours: float32 convolutions round differently per batch shape
+        samples_shuffle=False, feature_extractor_weights_path=str(weights), cuda=False, verbose=False, cache=False)
+    assert set(theirs) <= set(ours) and set(ours) - set(theirs) == {"num_images", "sfid"}
+    for key, value in theirs.items():
+        assert ours[key] == pytest.approx(value, rel=1e-6), key
+    assert ours["frechet_inception_distance"] > 1 and "biased upward" in out.err and "FID-0.012K" in out.err
+    assert main(["fid", *common, "--metrics", "fid,isc"]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert table[0].startswith("num_images") and table[1].startswith("FID-0.012K")
 
 
 @pytest.mark.parametrize("cuda, device, batch", [(False, "cpu", 50), (True, "cuda", 250)])
@@ -285,6 +299,6 @@ def test_fid_defaults_to_the_gpu_and_its_batch_where_there_is_one(monkeypatch, c
     monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
     monkeypatch.setattr(evaluation, "evaluate", lambda *args, **kwargs: seen.update(kwargs) or {"fid": 1.0})
     assert cli.main(["fid", "a.npz", "b.npz"]) == 0
-    assert (seen["device"], seen["batch_size"]) == (device, batch)
+    assert (str(seen["device"]), seen["batch_size"]) == (device, batch)
     assert cli.main(["fid", "a.npz", "b.npz", "--device", "cpu", "--batch-size", "7"]) == 0
-    assert (seen["device"], seen["batch_size"]) == ("cpu", 7)
+    assert (str(seen["device"]), seen["batch_size"]) == ("cpu", 7)

@@ -5,13 +5,11 @@ import sys
 import warnings
 from contextlib import contextmanager
 
-from vlgen.commands.defaults import DEMO_FRAMEWORKS, GRID_GUIDANCE_SCALE, NPZ_GUIDANCE_SCALE, SAMPLE_DTYPES
+from vlgen.commands.defaults import DEMO_FRAMEWORKS, FID_BATCH, GRID_GUIDANCE_SCALE, NPZ_GUIDANCE_SCALE, SAMPLE_DTYPES
 
 
 # Errors that come from the user's input or data: reported in one line, exit status 2.
 USER_ERRORS = (ValueError, OSError, FloatingPointError)
-# Inception batch of `vlgen fid` by device: a GPU takes large batches, a CPU's memory and caches smaller ones.
-FID_BATCH = {"cuda": 250, "cpu": 50}
 # `vlgen train-classifier` without --size: learns shapes in a few minutes on 2 CPU cores.
 SMALL_CLASSIFIER = dict(hidden_size=96, depth=3, num_heads=6)
 
@@ -56,21 +54,10 @@ def _cmd_convert(args):
 
 
 def _cmd_fid(args):
-    import json
+    from vlgen.commands.fid import run_fid
 
-    from vlgen.evaluation import evaluate
-
-    import torch
-
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
-    batch_size = args.batch_size or FID_BATCH["cuda" if device.startswith("cuda") else "cpu"]
     with _warnings_reported("fid"):
-        results = evaluate(args.generated, args.reference, args.metrics, batch_size=batch_size,
-                           device=device, inception_weights=args.inception_weights, num_workers=args.num_workers,
-                           cache_dir=args.cache_dir or "default")
-    print(json.dumps(results))
-    for name, value in results.items():
-        print(f"{name:<22} {value:>14,}" if isinstance(value, int) else f"{name:<22} {value:>14.6g}")
+        run_fid(args)
 
 
 def _cmd_train(args):
@@ -229,16 +216,28 @@ def _add_train_arguments(parser):
 
 
 def _add_sample_arguments(parser):
+    from vlgen.commands.protocols import CLASS_LABELS, DEFAULTS, PROTOCOLS
+
     parser.add_argument("--pipeline", required=True, help="pipeline directory (from `vlgen export`)")
     parser.add_argument("--out", default=None, help="ADM-format .npz to write (FID-50K input)")
     parser.add_argument("--grid", default=None, help="labelled PNG grid to write instead of an npz")
-    parser.add_argument("--num-samples", type=int, default=50_000, help="images in the npz (default 50000)")
+    parser.add_argument("--protocol", default=None, choices=list(PROTOCOLS),
+                        help="a paper's evaluation: every setting below as its official sampling script had it "
+                             "(a flag given here wins); " + "; ".join(f"{name}: {p.source}" for name, p in PROTOCOLS.items()))
+    parser.add_argument("--num-samples", type=int, default=None,
+                        help=f"images in the npz (default {DEFAULTS['num_samples']})")
     parser.add_argument("--batch-size", type=int, default=64, help="images per batch and process (default 64)")
     parser.add_argument("--labels", nargs="+", default=None,
                         help="grid rows: label names or ids (default: the first 10 classes)")
     parser.add_argument("--per-label", type=int, default=4, help="grid columns: images per label (default 4)")
+    parser.add_argument("--class-labels", default=None, choices=CLASS_LABELS,
+                        help="npz labels: balanced (sample i has class i mod K; the default) or random (drawn "
+                             "uniformly per sample from --seed, as DiT's and SiT's scripts)")
     parser.add_argument("--guidance-scale", type=float, default=None,
                         help=f"classifier-free guidance (default {NPZ_GUIDANCE_SCALE} for --out, {GRID_GUIDANCE_SCALE} for --grid)")
+    parser.add_argument("--guided-channels", type=int, default=None,
+                        help="how many leading channels guidance applies to (default all prediction channels; DiT's "
+                             "and SiT's scripts guide 3)")
     parser.add_argument("--num-inference-steps", type=int, default=None, help="default: the pipeline's settings")
     parser.add_argument("--sampler", default=None,
                         help="default: the pipeline's scheduler. DDPM models: ddpm, ddim, dpm-solver++, "
@@ -249,12 +248,12 @@ def _add_sample_arguments(parser):
     parser.add_argument("--resolution", type=int, default=None,
                         help="image side in pixels (default: the trained size; others use AS2DRoPE)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--dtype", default="auto", choices=SAMPLE_DTYPES,
+    parser.add_argument("--dtype", default=None, choices=SAMPLE_DTYPES,
                         help="transformer precision, and the VAE's for --grid (default auto: bfloat16 where this machine "
                              "runs it faster than float32, measured once; on CUDA where the GPU has it); the VAE decodes "
                              "an npz (FID input) in float32")
-    parser.add_argument("--no-tf32", dest="tf32", action="store_false",
-                        help="CUDA float32 matmuls in IEEE float32 instead of TF32")
+    parser.add_argument("--tf32", default=None, action=argparse.BooleanOptionalAction,
+                        help="CUDA float32 matmuls in TF32 (default on; --no-tf32: IEEE float32)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out / --grid file")
 
 
@@ -299,19 +298,28 @@ def build_parser():
                          help="diffusers subfolder of the transformer ('' for none; default: transformer)")
     convert.set_defaults(func=_cmd_convert)
 
-    fid = sub.add_parser("fid", parents=computes, help="FID (and sFID, IS, KID, precision/recall) of generated images, ADM protocol")
+    fid = sub.add_parser("fid", parents=computes, help="FID (and sFID, IS, KID, precision/recall, FD-DINOv2, CMMD) of "
+                                                       "generated images, ADM protocol")
     fid.add_argument("generated", help="image folder or ADM-format .npz (uint8 NHWC arr_0)")
     fid.add_argument("reference", nargs="?", default=None,
                      help="reference statistics .npz (mu, sigma; e.g. VIRTUAL_imagenet256_labeled.npz), images .npz or "
-                          "folder; not needed for --metrics isc")
-    fid.add_argument("--metrics", default="fid", help="comma-separated: fid,sfid,isc,kid,prc (default fid)")
+                          "folder; not needed for --metrics isc; fd_dinov2 and cmmd need images")
+    fid.add_argument("--metrics", default="fid", help="comma-separated: fid,sfid,isc,kid,prc,fd_dinov2,cmmd (default fid)")
+    fid.add_argument("--json", action="store_true",
+                     help="print one JSON object with torch-fidelity's keys (frechet_inception_distance, "
+                          "inception_score_mean, ...) plus vlgen's (sfid, fd_dinov2, cmmd) instead of the table")
+    fid.add_argument("--save", default=None, metavar="FILE", help="also write that JSON to FILE")
     fid.add_argument("--batch-size", type=int, default=None,
-                     help=f"images per Inception batch (default {FID_BATCH['cuda']} on a GPU, {FID_BATCH['cpu']} on the CPU)")
+                     help=f"images per feature batch (default {FID_BATCH['cuda']} on a GPU, {FID_BATCH['cpu']} on the CPU)")
     fid.add_argument("--device", default="auto", help="auto (default: a GPU when one is present), cpu, cuda, cuda:1, ...")
     fid.add_argument("--num-workers", type=int, default=0, help="image-decoding processes for folders")
     fid.add_argument("--inception-weights", default=None,
                      help="local copy of torch-fidelity's weights-inception-2015-12-05-6726825d.pth (offline machines; "
                           "or set VLGEN_INCEPTION_WEIGHTS)")
+    fid.add_argument("--kid-subset-size", type=int, default=1000,
+                     help="images per KID subset (default 1000, torch-fidelity's; at most the smaller set's size)")
+    fid.add_argument("--clip-weights", default=None,
+                     help="local copy of the CLIP ViT-L/14@336px TorchScript file for cmmd (or set VLGEN_CLIP_WEIGHTS)")
     fid.add_argument("--cache-dir", default=None,
                      help="where reference statistics computed from images are cached (default ~/.cache/vlgen)")
     fid.set_defaults(func=_cmd_fid)

@@ -127,16 +127,22 @@ def open_images(source):
     return TensorImages(source)
 
 
+def _member(name):
+    """A zip member of fixed date (zip's earliest), for byte-identical files."""
+    return zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
+
+
 def write_samples_npz(path, image_batches, labels, image_shape):
     """Write an ADM-format sample file: `arr_0` uint8 (N, H, W, C) streamed from image_batches
     (uint8 NHWC arrays, N images in all; never all in memory at once), `arr_1` the N labels.
-    Written atomically (vlgen.core.atomic): path is either complete or untouched."""
+    Written atomically (vlgen.core.atomic): path is either complete or untouched. The members carry
+    a fixed date, so the same images and labels give the same bytes."""
     path = Path(path)
     labels = np.asarray(labels, dtype=np.int64)
     shape = (len(labels), *image_shape)
     with atomic_path(path) as temporary:
         with zipfile.ZipFile(temporary, "w", zipfile.ZIP_STORED, allowZip64=True) as archive:
-            with archive.open("arr_0.npy", "w", force_zip64=True) as member:
+            with archive.open(_member("arr_0.npy"), "w", force_zip64=True) as member:
                 np.lib.format.write_array_header_1_0(member, {"descr": "|u1", "fortran_order": False, "shape": shape})
                 written = 0
                 for batch in image_batches:
@@ -147,5 +153,5 @@ def write_samples_npz(path, image_batches, labels, image_shape):
                     written += len(batch)
             if written != len(labels):
                 raise ValueError(f"got {written} images for {len(labels)} labels")
-            with archive.open("arr_1.npy", "w") as member:
+            with archive.open(_member("arr_1.npy"), "w") as member:
                 np.lib.format.write_array(member, labels)

@@ -252,7 +252,6 @@ def check_update_costs(settings, device, report):
     model = run.accelerator.unwrap_model(run.model)
     report["ema_update_ms"] = 1e3 * timed(lambda: update_ema(run.ema, model, 0.9999), device, 5)
     report["optimizer_step_ms"] = 1e3 * timed(run.optimizer.step, device, 5)
-    del run
 
 
 def check_sampling(settings, device, report):

@@ -12,7 +12,8 @@ latents' tokens): training images/s eager and compiled (vlgen's training loop, `
 with MFU from the FLOPs counted in the model's step, peak memory at batch 32 and with gradient
 checkpointing at 256, the largest eager batch; float32 steps with TF32 against IEEE; the EMA
 update and the optimizer step; classifier-free-guided sampling in model images/s; Inception
-feature extraction in images/s. --smoke runs every check on the CPU with a tiny model, where the
+feature extraction in images/s; latent extraction with an SD-VAE-shaped encoder, and the latent
+loader against the training rate. --smoke runs every check on the CPU with a tiny model, where the
 speed targets do not apply (CI runs it).
 """
 import argparse
@@ -31,6 +32,7 @@ from accelerate.state import AcceleratorState
 from torch.profiler import ProfilerActivity, profile
 from torch.utils.flop_counter import FlopCounterMode
 
+from bench_data import extraction_rate, loader_rate, synthetic_latents
 from vlgen.core.precision import ieee_fp32, set_tf32
 from vlgen.evaluation import InceptionFeatures
 from vlgen.evaluation.inception import save_random_inception_weights
@@ -43,10 +45,10 @@ from vlgen.training.loop import Run
 PEAK_BF16 = {"H100 PCIe": 756e12, "H100": 989e12, "H200": 989e12, "A100": 312e12}
 FULL = dict(models=("DiT-LLaMA-XL/2", "SiT-LLaMA-XL/2"), overrides={}, batch=32, checkpointed_batch=256,
             batch_tries=(64, 128, 192, 256), sample_batch=256, inception_batch=250, steps=20, backend="inductor",
-            data_workers=6)
+            data_workers=6, extraction_images=512, loader_latents=8192)
 SMOKE = dict(models=("DiT-LLaMA-S/2", "SiT-LLaMA-S/2"), overrides=dict(hidden_size=64, depth=2, num_heads=2),
              batch=4, checkpointed_batch=8, batch_tries=(8, 16), sample_batch=4, inception_batch=4, steps=2,
-             backend="eager", data_workers=0)
+             backend="eager", data_workers=0, extraction_images=2, loader_latents=1024)
 TARGETS = {"training_eager_images_per_s": 300, "training_compiled_images_per_s": 400,
            "sampling_model_images_per_s": 1000, "inception_images_per_s": 1500}
 
@@ -271,6 +273,15 @@ def check_inception(settings, device, report):
     report["inception_images_per_s"] = images.shape[0] / timed(lambda: extractor(images), device, 3)
 
 
+def check_data(settings, device, report):
+    """Latent extraction (SD-VAE-shaped encoder) and the latent loader with 2 workers, in images/s."""
+    with tempfile.TemporaryDirectory() as directory:
+        directory = Path(directory)
+        report["extraction_images_per_s"] = extraction_rate(directory / "extraction", settings["extraction_images"])[0]
+        synthetic_latents(directory / "latents", settings["loader_latents"])
+        report["loader_images_per_s"] = loader_rate(directory / "latents", 2, batches=4)
+
+
 def verdicts(report, smoke):
     """(name, value, target, passed) rows: correctness always, speed targets on a GPU run only."""
     rows = [(f"forward CUDA vs CPU, {name}", error, "<= 1e-4", error <= 1e-4)
@@ -284,7 +295,11 @@ def verdicts(report, smoke):
     for key, target in TARGETS.items():
         value = report.get(key)
         rows.append((key, value, f">= {target}", None if smoke or value is None else value >= target))
-    for key in ("mfu_eager", "mfu_compiled", "peak_gib_batch", "peak_gib_checkpointed_batch", "largest_eager_batch",
+    loader = report.get("loader_images_per_s")
+    training = report.get("training_compiled_images_per_s") or report.get("training_eager_images_per_s")
+    rows.append(("loader_images_per_s", loader, "> training images/s",
+                 None if smoke or None in (loader, training) else loader > training))
+    for key in ("extraction_images_per_s", "mfu_eager", "mfu_compiled", "peak_gib_batch", "peak_gib_checkpointed_batch", "largest_eager_batch",
                 "tf32_over_ieee", "ema_update_ms", "optimizer_step_ms", "compile_and_warmup_s"):
         rows.append((key, report.get(key), "", None))
     return rows
@@ -308,7 +323,8 @@ def main():
              "attention_kernels": check_flash}
     for key, check in steps.items():
         report[key] = check(settings, device)
-    for check in (check_training, check_memory, check_tf32, check_update_costs, check_sampling, check_inception):
+    for check in (check_training, check_memory, check_tf32, check_update_costs, check_sampling, check_inception,
+                  check_data):
         try:
             check(settings, device, report)
         except Exception as error:  # a failed measurement is reported and fails the check, the others still run

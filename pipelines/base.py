@@ -47,7 +47,9 @@ class ClassConditionalPipeline(DiffusionPipeline):
     None for a pixel-space model); config: id2label, and process, the training process of the
     model (kind "ddpm": noise_schedule, diffusion_steps, prediction; kind "flow": path,
     prediction, sample_eps); card, what the model card says beyond the model itself (name,
-    training, scores, license, datasets, base_model: vlgen.pipelines.hub.check_card_info).
+    training, scores, license, datasets, base_model: vlgen.pipelines.hub.check_card_info);
+    latent_norm, the per-channel mean and std the latents were normalised by in training ({"mean",
+    "std"} lists, or None: the VAE's scaling only), which decoding undoes.
 
     save_pretrained writes diffusers' files plus the loader file of diffusers' generic loader and
     the model card (README.md); push_to_hub uploads the same."""
@@ -56,7 +58,7 @@ class ClassConditionalPipeline(DiffusionPipeline):
     model_cpu_offload_seq = "transformer->vae"
     KIND = None  # the process kind the subclass samples: "ddpm" or "flow"
 
-    def __init__(self, transformer, scheduler, vae=None, id2label=None, process=None, card=None):
+    def __init__(self, transformer, scheduler, vae=None, id2label=None, process=None, card=None, latent_norm=None):
         super().__init__()
         if not isinstance(process, dict) or process.get("kind") != self.KIND:
             raise ValueError(f"{type(self).__name__} needs the model's training process (a dict of kind "
@@ -65,7 +67,12 @@ class ClassConditionalPipeline(DiffusionPipeline):
         self.register_modules(transformer=transformer, scheduler=scheduler, vae=vae)
         id2label = {int(key): str(value) for key, value in (id2label or {}).items()}  # JSON keys are strings
         # saved in model_index.json
-        self.register_to_config(id2label=id2label, process=dict(process), card=check_card_info(card))
+        if latent_norm is not None and (set(latent_norm) != {"mean", "std"} or vae is None
+                                        or not len(latent_norm["mean"]) == len(latent_norm["std"]) == transformer.config.in_channels):
+            raise ValueError(f"latent_norm must be {{'mean': [...], 'std': [...]}} with one value per latent channel "
+                             f"({transformer.config.in_channels}) of a latent model, got {latent_norm!r}")
+        self.register_to_config(id2label=id2label, process=dict(process), card=check_card_info(card),
+                                latent_norm=latent_norm)
         self.labels = label_index(id2label)
         self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1) if vae is not None else 1
         self.image_processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor)
@@ -178,9 +185,14 @@ class ClassConditionalPipeline(DiffusionPipeline):
                                         prediction_channels=in_channels)
 
     def _decode(self, x):
-        """Model samples -> images in [-1, 1]: the VAE decodes latents (x / scale + shift)."""
+        """Model samples -> images in [-1, 1]: the VAE decodes latents (x / scale + shift), after
+        the per-channel normalisation of training is undone (latent_norm)."""
         if self.vae is None:
             return x
+        norm = self.config.get("latent_norm")
+        if norm is not None:
+            mean, std = (torch.tensor(norm[key], device=x.device, dtype=x.dtype)[:, None, None] for key in ("mean", "std"))
+            x = x * std + mean
         scale, shift = latent_scaling(self.vae)
         return self.vae.decode((x / scale + shift).to(self.vae.dtype)).sample.float()
 

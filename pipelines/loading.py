@@ -22,17 +22,20 @@ def training_process(objective, process):
             "sample_eps": process.sample_eps}
 
 
-def create_pipeline(transformer, objective, class_names, vae=None, sampler=None, card=None, **options):
+def create_pipeline(transformer, objective, class_names, vae=None, sampler=None, card=None, latent_norm=None,
+                    **options):
     """The pipeline for a denoiser trained with objective (the training config's objective
     section as a dict). sampler: the scheduler's name (vlgen.pipelines.schedulers.SCHEDULERS; default
     the objective's: DiT's 250-step "ddpm", SiT's "ode" with dopri5); options go to it (e.g.
     num_inference_steps for vlgen's samplers, method="heun"). card: what the model card says
-    beyond the model (vlgen.pipelines.hub.check_card_info)."""
+    beyond the model (vlgen.pipelines.hub.check_card_info). latent_norm: the per-channel
+    normalisation of the training latents, if any (a data info's "latent_norm")."""
     learn_sigma = transformer.outputs_variance
     built = create_objective(objective, learn_sigma=learn_sigma)
     process = training_process(objective, built)
     scheduler = make_scheduler(process, learn_sigma, sampler or built.default_sampler, **options)
-    return PIPELINES[process["kind"]](transformer, scheduler, vae, dict(enumerate(class_names)), process, card)
+    return PIPELINES[process["kind"]](transformer, scheduler, vae, dict(enumerate(class_names)), process, card,
+                                      latent_norm)
 
 
 def load_pipeline(path, **kwargs):

@@ -4,7 +4,7 @@ import torch
 from conftest import write_image_folder
 from PIL import Image
 
-from vlgen.data.images import ImageFolderDataset, center_crop_arr, pil_to_tensor
+from vlgen.data.images import ImageDataset, center_crop_arr, pil_to_tensor
 
 
 def test_adm_center_crop():
@@ -22,7 +22,7 @@ def test_adm_center_crop():
 
 
 def test_image_folder_classes_labels_and_flip(tmp_path):
-    dataset = ImageFolderDataset(write_image_folder(tmp_path / "data"), 16)
+    dataset = ImageDataset(write_image_folder(tmp_path / "data"), 16)
     assert dataset.class_names == ["ant", "bee", "cat"] and len(dataset) == 9
     item = dataset[(0, False)]
     assert item["x"].shape == (3, 16, 16) and item["y"] == 0 and item["skipped"] == 0
@@ -33,15 +33,15 @@ def test_image_folder_classes_labels_and_flip(tmp_path):
 
 def test_image_folder_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="nowhere does not exist"):
-        ImageFolderDataset(tmp_path / "nowhere", 16)
+        ImageDataset(tmp_path / "nowhere", 16)
     (tmp_path / "flat").mkdir()
     Image.new("RGB", (8, 8)).save(tmp_path / "flat" / "a.png")
     with pytest.raises(ValueError, match="no class subfolders"):
-        ImageFolderDataset(tmp_path / "flat", 16)
+        ImageDataset(tmp_path / "flat", 16)
     (tmp_path / "empty" / "cls").mkdir(parents=True)
     (tmp_path / "empty" / "cls" / "notes.txt").write_text("no images")
     with pytest.raises(ValueError, match="has no images"):
-        ImageFolderDataset(tmp_path / "empty", 16)
+        ImageDataset(tmp_path / "empty", 16)
 
 
 def test_corrupt_image_fails_with_its_path_or_is_skipped_and_counted(tmp_path):
@@ -49,8 +49,8 @@ def test_corrupt_image_fails_with_its_path_or_is_skipped_and_counted(tmp_path):
     bad = root / "ant" / "1.png"
     bad.write_bytes(b"not a png")
     with pytest.raises(OSError, match=f"cannot read image {bad}.*data.skip_bad=true"):
-        ImageFolderDataset(root, 16)[(1, False)]
-    dataset = ImageFolderDataset(root, 16, skip_bad=True)
+        ImageDataset(root, 16)[(1, False)]
+    dataset = ImageDataset(root, 16, skip_bad=True)
     with pytest.warns(UserWarning, match="skipping cannot read image"):
         item = dataset[(1, False)]
     assert item["skipped"] == 1 and torch.equal(item["x"], dataset[(2, False)]["x"])

@@ -22,5 +22,5 @@ def test_the_gpu_check_runs_on_the_cpu_in_smoke_mode(tmp_path):
     assert all(check["passed"] is not False for check in checks.values())
     assert checks["flash SDPA kernel"]["passed"] and checks["bf16 vs float32 (relative norm)"]["passed"]
     for key in ("training_eager_images_per_s", "training_compiled_images_per_s", "sampling_model_images_per_s",
-                "inception_images_per_s", "largest_eager_batch", "tf32_over_ieee", "ema_update_ms"):
+                "inception_images_per_s", "largest_eager_batch", "extraction_images_per_s", "loader_images_per_s", "tf32_over_ieee", "ema_update_ms"):
         assert report[key] is not None and report[key] > 0, key

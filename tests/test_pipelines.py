@@ -240,3 +240,35 @@ def test_labelled_grid_layout():
     assert (pixels == [255, 0, 0]).all(-1).sum() == 3 * 64 and (pixels == [0, 0, 255]).all(-1).sum() == 64
     with pytest.raises(ValueError, match="share one size"):
         labelled_grid([("a", [red, Image.new("RGB", (4, 4))])])
+
+
+def test_the_pipeline_undoes_the_channel_normalisation_of_training(tmp_path):
+    vae = tiny_vae(tmp_path / "vae")
+    norm = {"mean": [0.1, -0.2, 0.3, 0.0], "std": [2.0, 0.5, 1.0, 4.0]}
+    model = tiny_model("SiT-LLaMA-S/2", in_channels=4, sample_size=8)
+    pipe = create_pipeline(model, {"kind": "flow"}, NAMES, vae, latent_norm=norm, num_inference_steps=2,
+                           sampler="ode", method="euler")
+    pipe.set_progress_bar_config(disable=True)
+    latents = pipe([1, 2], generator=seeded(), output_type="latent").images
+    mean, std = (torch.tensor(norm[key])[:, None, None] for key in ("mean", "std"))
+    with torch.no_grad():
+        decoded = vae.decode((latents * std + mean) / 0.5 + 0.1).sample
+    images = pipe([1, 2], generator=seeded(), output_type="pt").images
+    torch.testing.assert_close(images, (decoded / 2 + 0.5).clamp(0, 1))
+    pipe.save_pretrained(tmp_path / "pipe")
+    assert load_pipeline(tmp_path / "pipe").config.latent_norm == norm
+    with pytest.raises(ValueError, match="one value per latent channel"):
+        create_pipeline(model, {"kind": "flow"}, NAMES, vae, latent_norm={"mean": [0.0], "std": [1.0]})
+
+
+def test_a_512_model_generates_512_pixel_images_by_default(tmp_path):
+    """A model of 64x64 latents with an 8x VAE (4 blocks, as the SD VAE) samples 512x512 images."""
+    from diffusers import AutoencoderKL
+
+    vae = AutoencoderKL(block_out_channels=(8, 8, 8, 8), down_block_types=("DownEncoderBlock2D",) * 4,
+                        up_block_types=("UpDecoderBlock2D",) * 4, latent_channels=4, norm_num_groups=4,
+                        layers_per_block=1).eval()
+    model = tiny_model("SiT-LLaMA-S/8", in_channels=4, sample_size=64)
+    pipe = create_pipeline(model, {"kind": "flow"}, NAMES, vae, num_inference_steps=1, sampler="ode", method="euler")
+    pipe.set_progress_bar_config(disable=True)
+    assert pipe([3], generator=seeded(), output_type="np").images.shape == (1, 512, 512, 3)

@@ -18,6 +18,17 @@ PAPER_RUNS = {
 }
 
 
+@pytest.mark.parametrize("run", ["dit-xl-2", "dit-llama-xl-2", "sit-xl-2", "sit-llama-xl-2"])
+def test_the_512_configs_are_the_256_recipe_on_512_latents_for_3m_steps(run):
+    config = load_config(CONFIGS / "imagenet512" / f"{run}.yaml")
+    check_config(config)
+    base = load_config(CONFIGS / "imagenet256" / f"{run}.yaml")
+    assert config.data.path == "data/imagenet512-latents" and config.train.max_steps == 3_000_000
+    assert config.logging.output_dir == f"results/512/{run}"
+    assert (config.model, config.objective, config.train.lr, config.train.global_batch_size) == (
+        base.model, base.objective, base.train.lr, base.train.global_batch_size)
+
+
 def test_defaults_are_a_small_shapes_run():
     config = load_config()
     assert config == Config()

@@ -193,6 +193,13 @@ def test_training_on_latents_shape_mismatch_and_export(tmp_path):
     out = export_checkpoint(tmp_path / "run" / "checkpoints" / "step-0000002", tmp_path / "pipe")
     pipe = load_pipeline(out)
     assert pipe.vae.config.scaling_factor == 0.5 and pipe.vae.config.shift_factor == 0.1
+    assert pipe.config.latent_norm is None  # the VAE's scaling only
+    AcceleratorState._reset_state(reset_partial_state=True)
+    train(tiny_config(tmp_path / "normed", "model.name=SiT-LLaMA-S/2", "train.max_steps=2", "data.latent_norm=channel",
+                      *latents))
+    normed = load_pipeline(export_checkpoint(tmp_path / "normed" / "checkpoints" / "step-0000002", tmp_path / "p2"))
+    meta = json.loads((tmp_path / "latents" / "meta.json").read_text())
+    assert normed.config.latent_norm == {"mean": meta["channel_mean"], "std": meta["channel_std"]}
     assert pipe.vae_scale_factor == 2 and pipe.use_sampler("ode", method="euler")(0, num_inference_steps=2).images[0].size == (12, 12)
 
 

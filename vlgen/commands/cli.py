@@ -91,7 +91,7 @@ def _cmd_train_classifier(args):
 
     from vlgen.core.output_dir import check_output_dir, save_pretrained_with_metrics
     from vlgen.tasks.classification import accuracy, create_classifier, train_classifier
-    from vlgen.data.images import ImageFolderDataset
+    from vlgen.data.images import ImageDataset
     from vlgen.data.shapes import ShapesDataset
 
     check_output_dir(args.out, args.overwrite, marker="metrics.json")
@@ -99,8 +99,8 @@ def _cmd_train_classifier(args):
         data, held_out = ShapesDataset(args.image_size, args.num_samples, args.seed), ShapesDataset(
             args.image_size, 1000, args.seed + 1)
     else:
-        data = ImageFolderDataset(args.data, args.image_size)
-        held_out = ImageFolderDataset(args.eval_data, args.image_size) if args.eval_data else None
+        data = ImageDataset(args.data, args.image_size)
+        held_out = ImageDataset(args.eval_data, args.image_size) if args.eval_data else None
     widths = {} if args.size else dict(SMALL_CLASSIFIER)  # no --size: the small shapes classifier
     widths.update({k: getattr(args, k) for k in SMALL_CLASSIFIER if getattr(args, k) is not None})
     model = create_classifier(args.size or "S", data.num_classes, image_size=args.image_size,
@@ -126,11 +126,17 @@ def _cmd_extract_latents(args):
     from vlgen.data.latents import extract_latents
 
     set_tf32(args.tf32)
+    source_options = {"image_column": args.image_column, "label_column": args.label_column, "split": args.split}
+    if args.streaming:
+        source_options["streaming"] = True
     meta = extract_latents(Accelerator(), args.data, args.vae, args.out, resolution=args.resolution,
                            batch_size=args.batch_size, flip=args.flip, dtype=args.dtype, num_workers=args.num_workers,
-                           vae_subfolder=args.vae_subfolder or None, skip_bad=args.skip_bad)
-    print(f"wrote {args.out}: {meta['count']:,} images -> latents {tuple(meta['latent_shape'])} "
-          f"(scaling {meta['scaling_factor']}, mirror images {'on' if meta['flip'] else 'off'})")
+                           vae_subfolder=args.vae_subfolder or None, skip_bad=args.skip_bad, shard_size=args.shard_size,
+                           data_format=args.format, source_options=source_options)
+    if meta is not None:
+        skipped = f", {meta['skipped']:,} unreadable images skipped" if meta["skipped"] else ""
+        print(f"wrote {args.out}: {meta['count']:,} images -> latents {tuple(meta['latent_shape'])} (scaling "
+              f"{meta['scaling_factor']}, mirror images {'on' if meta['flip'] else 'off'}{skipped})")
 
 
 def _cmd_export(args):
@@ -333,20 +339,31 @@ def build_parser():
     _add_sample_arguments(sample)
     sample.set_defaults(func=_cmd_sample)
 
-    latents = sub.add_parser("extract-latents", parents=computes, help="encode an image folder once with a VAE, for training on latents "
-                                                     "(sharded over processes under accelerate launch -m vlgen)")
-    latents.add_argument("data", help="image folder: DATA/<class name>/<image>")
-    latents.add_argument("--out", required=True, help="new directory for the latent shards and meta.json")
+    latents = sub.add_parser("extract-latents", parents=computes,
+                             help="encode images once with a VAE, for training on latents (sharded over processes "
+                                  "under accelerate launch -m vlgen; run again to resume)")
+    latents.add_argument("data", help="a class folder DATA/<class>/<image>, a parquet or arrow file or folder, a hub "
+                                      "dataset id (org/name), or WebDataset tar shards (a .tar path or brace pattern)")
+    latents.add_argument("--format", default=None, choices=["folder", "hf", "webdataset"],
+                         help="the form of DATA (default: recognised from it)")
+    latents.add_argument("--out", required=True, help="directory for the latent shards and meta.json")
     latents.add_argument("--vae", default="stabilityai/sd-vae-ft-ema", help="AutoencoderKL hub id or local directory")
     latents.add_argument("--vae-subfolder", default="", help="subfolder of the VAE in that repository (e.g. vae)")
     latents.add_argument("--resolution", type=int, default=256, help="ADM centre-crop size in pixels (default 256)")
     latents.add_argument("--batch-size", type=int, default=32, help="images per encoder batch and process")
+    latents.add_argument("--shard-size", type=int, default=1024,
+                         help="images per shard (default 1024): the unit that an interrupted run keeps")
     latents.add_argument("--no-flip", dest="flip", action="store_false",
                          help="do not also encode mirror images (then train with data.random_flip=false)")
     latents.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"],
                          help="storage precision of the latents (float16 halves the disk space)")
     latents.add_argument("--num-workers", type=int, default=4, help="image-decoding processes")
-    latents.add_argument("--skip-bad", action="store_true", help="skip unreadable images instead of failing")
+    latents.add_argument("--skip-bad", action="store_true", help="skip (and count) unreadable images instead of failing")
+    latents.add_argument("--image-column", default="image", help="Hugging Face datasets: the image column (default image)")
+    latents.add_argument("--label-column", default="label", help="Hugging Face datasets: the label column (default label)")
+    latents.add_argument("--split", default="train", help="Hugging Face datasets: the split (default train)")
+    latents.add_argument("--streaming", action="store_true",
+                         help="Hugging Face datasets: read the rows in order as they arrive (sets larger than the disk)")
     latents.add_argument("--no-tf32", dest="tf32", action="store_false",
                          help="CUDA float32 matmuls and convolutions in IEEE float32 instead of TF32")
     latents.set_defaults(func=_cmd_extract_latents)

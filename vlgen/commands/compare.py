@@ -37,7 +37,7 @@ from vlgen.commands.judging import (REAL_IMAGES_SEED, judge_scores, load_judge, 
 from vlgen.commands.small_runs import OBJECTIVES
 from vlgen.core.atomic import atomic_path
 from vlgen.core.output_dir import open_resumable
-from vlgen.data.images import ImageFolderDataset
+from vlgen.data.images import ImageDataset
 from vlgen.data.shapes import ShapesDataset
 from vlgen.models import VisionLLaMADenoiser
 from vlgen.training import load_config, train
@@ -138,8 +138,8 @@ class RealData:
             self.reference = real_images(ShapesDataset(resolution, count, seed=REAL_IMAGES_SEED), count)
             self.second_reference = real_images(ShapesDataset(resolution, count, seed=REAL_IMAGES_SEED + 2), count)
         else:
-            self.training = ImageFolderDataset(settings["data"], resolution)
-            self.held_out = ImageFolderDataset(settings["eval_data"], resolution) if settings["eval_data"] else None
+            self.training = ImageDataset(settings["data"], resolution)
+            self.held_out = ImageDataset(settings["eval_data"], resolution) if settings["eval_data"] else None
             count = self.per_class * self.training.num_classes
             self.reference = real_images(self.held_out or self.training, count)
             self.second_reference = None  # a folder has no second independent set of the same size

@@ -68,5 +68,6 @@ def export_checkpoint(checkpoint, out, overwrite=False, card=None):
         model = VisionLLaMADenoiser.from_pretrained(checkpoint / "ema")
         vae = load_vae(info["vae"]["vae"], info["vae"]["vae_subfolder"]) if "vae" in info else None
         card = {**(card or {}), "training": training}
-        create_pipeline(model, config["objective"], info["class_names"], vae, card=card).save_pretrained(staging)
+        create_pipeline(model, config["objective"], info["class_names"], vae, card=card,
+                        latent_norm=info.get("latent_norm")).save_pretrained(staging)
     return out

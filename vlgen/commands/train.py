@@ -42,7 +42,7 @@ def grid_sampler(vae=None):
         if accelerator.is_main_process:
             objective = asdict(run.config.objective)
             decoder = None if vae is None else vae.to(accelerator.device)
-            pipe = create_pipeline(run.ema, objective, info["class_names"], decoder,
+            pipe = create_pipeline(run.ema, objective, info["class_names"], decoder, latent_norm=info.get("latent_norm"),
                                    num_inference_steps=log.sample_steps, **GRID_SAMPLERS[objective["kind"]])
             pipe.set_progress_bar_config(disable=True)
             classes = list(range(min(GRID_CLASSES, len(info["class_names"]))))

@@ -1,11 +1,11 @@
-"""Class-folder image datasets (ROOT/<class>/<image>) with ADM's centre crop, as DiT trains on."""
+"""Image datasets for training (any source of vlgen.data.sources) with ADM's centre crop, as DiT trains on."""
 import warnings
-from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
-from torchvision.datasets.folder import IMG_EXTENSIONS, make_dataset
+from PIL import Image
+
+from vlgen.data.sources import open_source
 
 MAX_CONSECUTIVE_BAD = 10  # with skip_bad: how many unreadable files in a row before giving up
 
@@ -28,60 +28,40 @@ def center_crop_arr(image, size):
     return Image.fromarray(array[top: top + size, left: left + size])
 
 
-def find_images(root):
-    """(class names sorted, [(path, class id)]) of ROOT/<class>/<image>, with errors that say
-    what is missing."""
-    root = Path(root)
-    if not root.is_dir():
-        raise FileNotFoundError(f"image folder {root} does not exist (data.path)")
-    classes = sorted(entry.name for entry in root.iterdir() if entry.is_dir())
-    if not classes:
-        raise ValueError(f"image folder {root} has no class subfolders: expected {root}/<class name>/<image file>")
-    samples = make_dataset(str(root), {name: i for i, name in enumerate(classes)}, extensions=IMG_EXTENSIONS,
-                           allow_empty=True)
-    if not samples:
-        raise ValueError(f"image folder {root} has no images (extensions {', '.join(IMG_EXTENSIONS)}) in its "
-                         f"{len(classes)} class folders")
-    return classes, samples
-
-
-def load_rgb(path):
-    """Decode an image file to RGB; any decoding failure is an OSError naming the file."""
-    try:
-        with Image.open(path) as image:
-            return image.convert("RGB")
-    except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as error:
-        raise OSError(f"cannot read image {path}: {error}") from error
-
-
-class ImageFolderDataset:
+class ImageDataset:
     """Items: dict(x=(3, resolution, resolution) in [-1, 1], y=class id, skipped=count). Indexed
-    by (index, flip). An unreadable image raises with its path, or with skip_bad the next
-    readable image in the list takes its place and `skipped` counts the files passed over."""
+    by (index, flip). Reads any source that gives images by index (vlgen.data.sources: a class
+    folder, a Hugging Face dataset, WebDataset tar shards; data_format forces the form, the other
+    options choose the columns and split of a Hugging Face dataset). An unreadable image raises
+    with where it is, or with skip_bad the next readable image takes its place and `skipped`
+    counts the images passed over."""
 
     channels = 3
     posterior = False
 
-    def __init__(self, root, resolution, skip_bad=False):
-        self.class_names, self.samples = find_images(root)
+    def __init__(self, path, resolution, skip_bad=False, data_format=None, **source_options):
+        self.source = open_source(path, data_format, **source_options)
+        if self.source.streaming:
+            raise ValueError(f"{path} is streamed, which gives images in order only: extract latents from it "
+                             "(`vlgen extract-latents --streaming`) and train on those, or read it without streaming")
+        self.class_names = self.source.class_names
         self.num_classes = len(self.class_names)
         self.size, self.skip_bad = resolution, skip_bad
 
     def __len__(self):
-        return len(self.samples)
+        return len(self.source)
 
     def _load(self, index):
-        """(image, label, files skipped)."""
+        """(image, label, images skipped)."""
         for skipped in range(MAX_CONSECUTIVE_BAD + 1):
-            path, label = self.samples[(index + skipped) % len(self.samples)]
             try:
-                return load_rgb(path), label, skipped
+                image, label = self.source[(index + skipped) % len(self.source)]
+                return image, label, skipped
             except OSError as error:
                 if not self.skip_bad:
                     raise OSError(f"{error} (set data.skip_bad=true to skip unreadable images)") from error
                 warnings.warn(f"skipping {error}", stacklevel=2)
-        raise OSError(f"{MAX_CONSECUTIVE_BAD + 1} unreadable images in a row from {self.samples[index][0]}: "
-                      f"check the dataset")
+        raise OSError(f"{MAX_CONSECUTIVE_BAD + 1} unreadable images in a row from image {index}: check the dataset")
 
     def __getitem__(self, item):
         index, flip = item

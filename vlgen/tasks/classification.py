@@ -60,7 +60,7 @@ def _loader(dataset, batch_size, seed, shuffle, random_flip, num_workers):
 def train_classifier(model, dataset, *, steps=300, batch_size=64, lr=1e-3, weight_decay=0.05, warmup_steps=20,
                      seed=0, random_flip=True, num_workers=0, accelerator=None, progress=True):
     """Train model on dataset (items {"x", "y"} by (index, flip), e.g. ShapesDataset or
-    ImageFolderDataset) with cross-entropy (vlgen.tasks.fitting.fit). Returns the per-step losses."""
+    ImageDataset) with cross-entropy (vlgen.tasks.fitting.fit). Returns the per-step losses."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size}")
     if model.head.out_features != dataset.num_classes:

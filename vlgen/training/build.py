@@ -3,9 +3,10 @@ import dataclasses
 import importlib.util
 
 from vlgen.core.choices import check_choice
-from vlgen.data.images import ImageFolderDataset
-from vlgen.data.latents import LatentDataset
+from vlgen.data.images import ImageDataset
+from vlgen.data.latents import LATENT_NORMS, LatentDataset
 from vlgen.data.shapes import ShapesDataset
+from vlgen.data.sources import FORMATS
 from vlgen.models import create_model
 from vlgen.models.registry import model_config
 from vlgen.objectives import KINDS, create_objective
@@ -25,6 +26,8 @@ def _positive(key, value):
 def check_config(config):
     """Choices and ranges, named by key, before anything is built."""
     check_choice("data.kind", config.data.kind, DATA_KINDS)
+    check_choice("data.format", config.data.format, (None, *FORMATS))
+    check_choice("data.latent_norm", config.data.latent_norm, LATENT_NORMS)
     check_choice("objective.kind", config.objective.kind, KINDS)
     check_choice("train.mixed_precision", config.train.mixed_precision, MIXED_PRECISION)
     check_tracker(config.logging.tracker)
@@ -62,8 +65,9 @@ def build_dataset(data, seed):
     if data.kind == "shapes":
         return ShapesDataset(data.resolution, data.num_samples, seed=seed)
     if data.kind == "images":
-        return ImageFolderDataset(data.path, data.resolution, skip_bad=data.skip_bad)
-    return LatentDataset(data.path, random_flip=data.random_flip)
+        return ImageDataset(data.path, data.resolution, skip_bad=data.skip_bad, data_format=data.format,
+                            image_column=data.image_column, label_column=data.label_column, split=data.split)
+    return LatentDataset(data.path, random_flip=data.random_flip, latent_norm=data.latent_norm)
 
 
 def data_info(dataset):
@@ -73,6 +77,8 @@ def data_info(dataset):
         meta = dataset.meta
         info["vae"] = {key: meta[key] for key in ("vae", "vae_subfolder", "scaling_factor", "shift_factor")}
         info["resolution"] = meta["resolution"]
+        if dataset.norm is not None:
+            info["latent_norm"] = {"mean": meta["channel_mean"], "std": meta["channel_std"]}
     return info
 
 

@@ -42,8 +42,13 @@ class ObjectiveConfig:
 
 @dataclass
 class DataConfig:
-    kind: str = "shapes"  # "shapes" (built in), "images" (class folders) or "latents" (vlgen extract-latents)
-    path: str | None = None  # images / latents directory
+    kind: str = "shapes"  # "shapes" (built in), "images" or "latents" (vlgen extract-latents)
+    path: str | None = None  # images: class folder, parquet/arrow file or folder, hub id, or tar shards; latents: directory
+    format: str | None = None  # images: folder, hf or webdataset (None: recognised from path)
+    image_column: str = "image"  # images from a Hugging Face dataset: its columns and split
+    label_column: str = "label"
+    split: str = "train"
+    latent_norm: str = "vae"  # latents: vae (the VAE's scaling) or channel (also per-channel mean and std, LightningDiT's)
     resolution: int = 32  # image side in pixels (shapes, images); latents carry their own
     num_samples: int = 10000  # shapes: dataset length
     random_flip: bool = True  # horizontal flip with probability 1/2

@@ -5,7 +5,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -15,10 +14,7 @@ import pytest
 import torch
 from accelerate import Accelerator
 from conftest import tiny_vae, two_process_launch, write_image_folder
-from PIL import Image
-from safetensors import safe_open
 
-from vlgen.data import latents as latents_module
 from vlgen.data.images import ImageDataset
 from vlgen.data.latents import LatentDataset, extract_latents
 

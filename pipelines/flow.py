@@ -21,13 +21,14 @@ class SiTLLaMAPipeline(ClassConditionalPipeline):
             return sample_sde(denoise, transport, noise, method=method, diffusion_form=settings.diffusion_form,
                               diffusion_norm=settings.diffusion_norm, last_step=settings.last_step,
                               last_step_size=settings.last_step_size, num_steps=num_inference_steps,
-                              generator=generator, progress=progress, y=labels)
+                              time_shift=settings.shift, generator=generator, progress=progress, y=labels)
         if method.lower() in ADAPTIVE_SOLVERS and num_inference_steps != settings.num_inference_steps:
             raise ValueError(f"the ODE method {method!r} is adaptive (its steps follow atol/rtol): leave "
                              "num_inference_steps out, or choose a fixed-step method: "
                              "pipe.use_sampler('ode', method='euler') or 'heun'")
         return sample_ode(denoise, transport, noise, method=method, num_steps=num_inference_steps,
-                          atol=settings.atol, rtol=settings.rtol, progress=progress, y=labels)
+                          atol=settings.atol, rtol=settings.rtol, time_shift=settings.shift, progress=progress,
+                          y=labels)
 
     def scheduler_output(self, denoise, labels, scheduler):
         def model_output(x, t):

@@ -49,7 +49,9 @@ class FlowSampler(SchedulerMixin, ConfigMixin):
     """The probability-flow ODE ("ode", SiT's default: adaptive dopri5 with atol 1e-6 / rtol 1e-3,
     or a fixed-step torchdiffeq method such as "euler" / "heun" over num_inference_steps steps) or
     the reverse SDE ("sde": method "euler" / "heun", diffusion_form, diffusion_norm, last_step,
-    last_step_size; see vlgen.sampling.sample_sde)."""
+    last_step_size; see vlgen.sampling.sample_sde). shift > 1 crowds the steps of a fixed-step
+    method at the noise end (SD3's time shift, vlgen.sampling.flow.time_grid; LightningDiT's
+    timestep_shift s is shift 1 / s, its 0.3 about 3.33)."""
 
     config_name = SCHEDULER_CONFIG_NAME
     order = 1

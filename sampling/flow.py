@@ -51,13 +51,32 @@ def _evaluator(denoise, transport, cond, bar, finite):
     return evaluate
 
 
-def _integrate(field, state, t0, t1, method, num_steps, atol, rtol):
+def time_grid(t0, t1, points, shift, dtype, device):
+    """points times from t0 to t1, equally spaced, or with shift > 1 closer together near t0 (the
+    noise end): SD3's timestep shift, sigma -> shift sigma / (1 + (shift - 1) sigma), applied to
+    the grid's position u in [0, 1] (sigma = 1 - u), so that t0 and t1 stay where they are."""
+    if shift == 1.0:
+        return torch.linspace(t0, t1, points, dtype=dtype, device=device)
+    sigma = 1.0 - torch.linspace(0.0, 1.0, points, dtype=torch.float64)
+    u = 1.0 - shift * sigma / (1.0 + (shift - 1.0) * sigma)
+    return (t0 + (t1 - t0) * u).to(dtype=dtype, device=device)
+
+
+def _check_shift(shift, method):
+    if not shift > 0:
+        raise ValueError(f"the time shift must be positive (1: none), got {shift}")
+    if shift != 1.0 and method in ADAPTIVE_SOLVERS:
+        raise ValueError(f"a time shift places the steps of a fixed-step method; the adaptive {method} places its own: "
+                         "use method='euler' or 'heun' with it, or leave the shift at 1")
+
+
+def _integrate(field, state, t0, t1, method, num_steps, atol, rtol, shift=1.0):
     """The state at t1 of d state / dt = field(t, state) from t0, by torchdiffeq."""
     x = state[0] if isinstance(state, tuple) else state
     if method in FIXED_SOLVERS:
         # Asked for the end state only, over a grid of its own: torchdiffeq then keeps two states, not
         # one per step, and reads one value per step on the host (where the output grid is).
-        grid = torch.linspace(t0, t1, num_steps + 1, dtype=x.dtype, device=x.device)
+        grid = time_grid(t0, t1, num_steps + 1, shift, x.dtype, x.device)
         times, options = grid[[0, -1]], {"grid_constructor": lambda func, y0, t: grid}
     else:
         # step_t makes the last step land on t1 instead of stepping past it and interpolating back:
@@ -74,16 +93,18 @@ def _progress(progress, desc):
 
 @torch.no_grad()
 def sample_ode(denoise, transport, noise, *, method="dopri5", num_steps=50, atol=1e-6, rtol=1e-3, reverse=False,
-               progress=True, **cond):
+               time_shift=1.0, progress=True, **cond):
     """Integrate the probability-flow ODE dx/dt = v(x, t) from noise to data over the transport's
     sampling interval (reverse=True: data -> noise, to encode).
 
     method: an adaptive torchdiffeq solver ("dopri5", SiT's default, controlled by atol/rtol) or a
     fixed-step one ("euler", "heun", "midpoint", "rk4", ...) taking num_steps steps of equal size
-    (SiT's own code takes num_steps - 1).
+    (SiT's own code takes num_steps - 1), or with time_shift > 1 steps crowded at the noise end
+    (`time_grid`; LightningDiT samples with it).
     """
     method = _ode_solver(method)
     _check_steps(num_steps, 1)
+    _check_shift(time_shift, method)
     t0, t1 = transport.interval(reverse=reverse)
     finite = FiniteCheck("t={:.4f}", immediate=method in ADAPTIVE_SOLVERS)  # step control reads every step anyway
     with _progress(progress, f"ODE {method}") as bar:
@@ -93,14 +114,15 @@ def sample_ode(denoise, transport, noise, *, method="dopri5", num_steps=50, atol
             output, t_batch = evaluate(x, t)
             return transport.velocity(output, x, t_batch)
 
-        x = _integrate(velocity, noise, t0, t1, method, num_steps, atol, rtol)
+        x = _integrate(velocity, noise, t0, t1, method, num_steps, atol, rtol, time_shift)
     finite.report()
     return x
 
 
 @torch.no_grad()
 def sample_sde(denoise, transport, noise, *, method="euler", diffusion_form="sigma", diffusion_norm=1.0,
-               last_step="mean", last_step_size=0.04, num_steps=250, generator=None, progress=True, **cond):
+               last_step="mean", last_step_size=0.04, num_steps=250, time_shift=1.0, generator=None, progress=True,
+               **cond):
     """Integrate the reverse SDE dx = [v + w_t s] dt + sqrt(2 w_t) dW from noise to data, as SiT.
 
     method: "euler" (Euler-Maruyama) or "heun" (noise first, then a Heun step on the drift).
@@ -116,6 +138,7 @@ def sample_sde(denoise, transport, noise, *, method="euler", diffusion_form="sig
     check_choice("diffusion form", diffusion_form, DIFFUSION_FORMS)
     check_choice("last step", last_step, LAST_STEPS)
     _check_steps(num_steps, 2)
+    _check_shift(time_shift, method)
     if last_step is None:
         last_step_size = 0.0
     elif not 0 < last_step_size < 1:
@@ -128,8 +151,9 @@ def sample_sde(denoise, transport, noise, *, method="euler", diffusion_form="sig
         raise ValueError("the Heun SDE evaluates the score at its end time t=1, where it is undefined: use a last step "
                          "(e.g. last_step='mean') or a transport with sample_eps > 0")
     path = transport.path
-    times = torch.linspace(t0, t1, num_steps, dtype=noise.dtype, device=noise.device)
-    dt = times[1] - times[0]
+    times = time_grid(t0, t1, num_steps, time_shift, noise.dtype, noise.device)
+    # equal steps: one step size; a shifted grid: each step's own
+    steps = (times[1:] - times[:-1]) if time_shift != 1.0 else (times[1] - times[0]).expand(num_steps - 1)
 
     finite = FiniteCheck("t={:.4f}")
     with _progress(progress, f"SDE {method}") as bar:
@@ -143,7 +167,7 @@ def sample_sde(denoise, transport, noise, *, method="euler", diffusion_form="sig
             return transport.velocity(output, x, t_batch) + diffusion(x, t) * transport.score(output, x, t_batch)
 
         x = noise
-        for t in times[:-1]:
+        for t, dt in zip(times[:-1], steps):
             dw = randn_like(x, generator) * dt.sqrt()
             if method == "euler":
                 x = x + drift(x, t) * dt + torch.sqrt(2 * diffusion(x, t)) * dw

@@ -114,6 +114,20 @@ def test_every_run_has_the_same_config_but_its_model_and_seed(tmp_path):
     assert first["logging"]["keep_checkpoints"] is None  # every scored checkpoint stays
 
 
+def test_an_arm_is_a_labelled_run_with_its_own_config_values(tmp_path):
+    settings = {**_settings("--arm", "qk=model.name=DiT-LLaMA-S/2, model.qk_norm=true,model.norm=rmsnorm"),
+                "precision": "no"}
+    assert settings["models"][-1] == "qk" and settings["arms"]["DiT-S/2"] == ["model.name=DiT-S/2"]
+    plain, arm = (run_config(settings, label, 0, tmp_path).to_dict() for label in ("DiT-LLaMA-S/2", "qk"))
+    assert arm["logging"]["output_dir"] == str(tmp_path / "runs" / "qk" / "seed-0")
+    assert (arm["model"]["qk_norm"], arm["model"]["norm"]) == (True, "rmsnorm")
+    for config in (plain, arm):
+        config["logging"].pop("output_dir")
+        config["model"].pop("qk_norm"), config["model"].pop("norm")
+    assert plain == arm  # every other value as the plain run's, --set included
+    assert _settings("--models", "", "--arm", "a=model.name=SiT-S/2")["models"] == ["a"]  # --arm alone
+
+
 def test_the_default_models_compare_the_plain_block_with_the_visionllama_block():
     assert comparison_settings(build_parser().parse_args(["compare"]))["models"] == ["SiT-S/2", "SiT-LLaMA-S/2"]
     args = build_parser().parse_args(["compare", "--objective", "ddpm", "--seeds", "3, 5"])
@@ -132,7 +146,11 @@ def test_bad_comparison_arguments_are_clear_errors(tmp_path, capsys):
                           (["--eval-data", str(tmp_path)], "--eval-data is for image folders"),
                           (["--resolutions", "12,16"], "--resolutions lists the training resolution 16"),
                           (["--models", "DiT-S/2,DiT-Q/2"], "unknown model 'DiT-Q/2'"),
-                          (["--set", "train.nope=1"], "unknown config key train.nope")]:
+                          (["--set", "train.nope=1"], "unknown config key train.nope"),
+                          (["--arm", "x"], "expected LABEL=KEY=VALUE"),
+                          (["--arm", "x=repa.block=2"], "names no model"),
+                          (["--arm", "a=model.name=SiT-S/2", "--arm", "a=model.name=SiT-S/2"], "is used twice"),
+                          (["--arm", "x=model.name=SiT-S/2,model.norm=batchnorm"], "model.norm")]:
         assert main(["compare", *out, *args]) == 2
         assert message in capsys.readouterr().err
     assert not (tmp_path / "c").exists()  # refused before anything is written

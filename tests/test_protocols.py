@@ -32,8 +32,8 @@ OFFICIAL = {
                     tf32=True, num_samples=50_000, class_labels="random",
                     options=dict(method="dopri5", atol=1e-6, rtol=1e-3)),
 }
-FLAGS = ("num_samples", "guidance_scale", "guided_channels", "num_inference_steps", "sampler", "dtype", "tf32",
-         "class_labels")
+FLAGS = ("num_samples", "guidance_scale", "guided_channels", "guidance_interval", "num_inference_steps", "sampler",
+         "dtype", "tf32", "class_labels")
 
 
 def namespace(protocol, **given):

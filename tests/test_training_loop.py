@@ -222,7 +222,7 @@ def test_mixed_precision_and_gradient_checkpointing_switches(tmp_path):
     for module in (run.model.blocks[0], run.model.blocks[0].attn.qkv):
         module.register_forward_hook(lambda module, args, output: seen.append(output.dtype))
     batch = next(iter(run.loader()))
-    loss = run.train_step(batch)
+    loss = run.train_step(batch)["loss"]
     # the matmuls run in bf16; the residual stream (a block's output) stays float32, as in DiT
     assert seen == [torch.bfloat16, torch.float32] and loss.dtype == torch.float32 and torch.isfinite(loss)
     assert all(p.dtype == torch.float32 for p in run.model.parameters())  # fp32 master weights

@@ -12,7 +12,7 @@ from vlgen.transport import Transport
 KINDS = ("ddpm", "flow")
 # The objective settings of a training config (its `objective` section) that build each kind.
 SETTINGS = {
-    "ddpm": ("noise_schedule", "diffusion_steps", "prediction"),
+    "ddpm": ("noise_schedule", "diffusion_steps", "prediction", "time_sampling", "logit_mean", "logit_std"),
     "flow": ("path", "prediction", "loss_weight", "train_eps", "sample_eps", "time_sampling", "logit_mean",
              "logit_std"),
 }

@@ -132,11 +132,12 @@ def _cmd_extract_latents(args):
     meta = extract_latents(Accelerator(), args.data, args.vae, args.out, resolution=args.resolution,
                            batch_size=args.batch_size, flip=args.flip, dtype=args.dtype, num_workers=args.num_workers,
                            vae_subfolder=args.vae_subfolder or None, skip_bad=args.skip_bad, shard_size=args.shard_size,
-                           data_format=args.format, source_options=source_options)
+                           data_format=args.format, source_options=source_options, encoder=args.encoder)
     if meta is not None:
         skipped = f", {meta['skipped']:,} unreadable images skipped" if meta["skipped"] else ""
         print(f"wrote {args.out}: {meta['count']:,} images -> latents {tuple(meta['latent_shape'])} (scaling "
-              f"{meta['scaling_factor']}, mirror images {'on' if meta['flip'] else 'off'}{skipped})")
+              f"{meta['scaling_factor']}, mirror images {'on' if meta['flip'] else 'off'}{skipped}"
+              f"{', encoder features' if meta['encoder'] else ''})")
 
 
 def _cmd_export(args):
@@ -180,6 +181,9 @@ def _add_compare_arguments(parser):
     parser.add_argument("--models", default=None,
                         help="comma-separated model names (`vlgen models`), all at the width below (default: "
                              "DiT-S/2,DiT-LLaMA-S/2 for ddpm, SiT-S/2,SiT-LLaMA-S/2 for flow)")
+    parser.add_argument("--arm", action="append", default=[], metavar="LABEL=KEY=VALUE[,KEY=VALUE...]",
+                        help="a run of its own config values, e.g. --arm 'SiT-LLaMA+REPA=model.name=SiT-LLaMA-S/2,"
+                             "repa.encoder=runs/classifier' (repeatable; with or instead of --models)")
     parser.add_argument("--hidden-size", type=int, default=128, help="width of every model (default 128)")
     parser.add_argument("--depth", type=int, default=4, help="blocks of every model (default 4)")
     parser.add_argument("--num-heads", type=int, default=4, help="attention heads of every model (default 4)")
@@ -244,6 +248,9 @@ def _add_sample_arguments(parser):
     parser.add_argument("--guided-channels", type=int, default=None,
                         help="how many leading channels guidance applies to (default all prediction channels; DiT's "
                              "and SiT's scripts guide 3)")
+    parser.add_argument("--guidance-interval", type=float, nargs=2, default=None, metavar=("LOW", "HIGH"),
+                        help="guide only at model times in [LOW, HIGH] (DDPM steps, or flow times in [0, 1]; "
+                             "Kynkaanniemi et al.'s guidance interval, LightningDiT's cfg interval); default: every step")
     parser.add_argument("--num-inference-steps", type=int, default=None, help="default: the pipeline's settings")
     parser.add_argument("--sampler", default=None,
                         help="default: the pipeline's scheduler. DDPM models: ddpm, ddim, dpm-solver++, "
@@ -364,6 +371,9 @@ def build_parser():
     latents.add_argument("--split", default="train", help="Hugging Face datasets: the split (default train)")
     latents.add_argument("--streaming", action="store_true",
                          help="Hugging Face datasets: read the rows in order as they arrive (sets larger than the disk)")
+    latents.add_argument("--encoder", default=None,
+                         help="also store this encoder's patch features, for training with repa.encoder set to it: a "
+                              "vlgen classifier directory or a DINOv2 model (dinov2_vitb14, ...)")
     latents.add_argument("--no-tf32", dest="tf32", action="store_false",
                          help="CUDA float32 matmuls and convolutions in IEEE float32 instead of TF32")
     latents.set_defaults(func=_cmd_extract_latents)

@@ -73,11 +73,32 @@ def default_models(objective):
     return f"{family}-S/2,{family}-LLaMA-S/2"
 
 
+def parse_arm(text):
+    """'LABEL=KEY=VALUE,KEY=VALUE' -> (LABEL, ['KEY=VALUE', ...]), or a ValueError naming the problem."""
+    label, _, overrides = text.partition("=")
+    items = [item.strip() for item in overrides.split(",") if item.strip()]
+    if not label.strip() or not items or not all("=" in item for item in items):
+        raise ValueError(f"--arm {text!r}: expected LABEL=KEY=VALUE[,KEY=VALUE...], e.g. "
+                         "'SiT-LLaMA+REPA=model.name=SiT-LLaMA-S/2,repa.encoder=runs/classifier'")
+    if not any(item.startswith("model.name=") for item in items):
+        raise ValueError(f"--arm {text!r} names no model: add model.name=NAME (`vlgen models`)")
+    return label.strip(), items
+
+
 def comparison_settings(args):
-    """What the results depend on: every argument but where they go, --overwrite and --threads."""
+    """What the results depend on: every argument but where they go, --overwrite and --threads. An
+    entry of settings["models"] is a label, whose config values are settings["arms"][label]."""
     settings = {key: value for key, value in sorted(vars(args).items())
-                if key not in ("out", "overwrite", "func", "command", "threads")}
-    settings["models"] = parse_list(args.models or default_models(args.objective), str, "--models")
+                if key not in ("out", "overwrite", "func", "command", "threads", "arm")}
+    models = parse_list(args.models, str, "--models") if args.models else []
+    if not args.models and not args.arm:
+        models = parse_list(default_models(args.objective), str, "--models")
+    arms = {model: [f"model.name={model}"] for model in models}
+    for label, items in map(parse_arm, args.arm):
+        if label in arms:
+            raise ValueError(f"--arm label {label!r} is used twice (or is also in --models): give each arm its own")
+        arms[label] = items
+    settings["models"], settings["arms"] = list(arms), arms
     settings["seeds"] = parse_list(args.seeds, int, "--seeds")
     settings["resolutions"] = parse_list(args.resolutions, int, "--resolutions") if args.resolutions else []
     return settings
@@ -100,17 +121,17 @@ def _check_args(args, settings):
 
 
 def run_label(model):
-    """A model name as a directory name: DiT-LLaMA-S/2 -> DiT-LLaMA-S-2."""
-    return model.replace("/", "-")
+    """A model name or arm label as a directory name: DiT-LLaMA-S/2 -> DiT-LLaMA-S-2."""
+    return model.replace("/", "-").replace(" ", "_")
 
 
 def run_config(settings, model, seed, out):
-    """The training config of one (model, seed): the same for every model but its name."""
+    """The training config of one (model, seed): the same for every model but its arm's values."""
     objective, _ = OBJECTIVES[settings["objective"]]
     data = (["data.kind=shapes", "data.num_samples=20000"] if settings["data"] == "shapes"
             else ["data.kind=images", f"data.path={json.dumps(settings['data'])}"])
     return load_config(None, [
-        f"model.name={model}", f"model.hidden_size={settings['hidden_size']}", f"model.depth={settings['depth']}",
+        f"model.hidden_size={settings['hidden_size']}", f"model.depth={settings['depth']}",
         f"model.num_heads={settings['num_heads']}",
         *(f"objective.{key}={value}" for key, value in objective.items()),
         *data, f"data.resolution={settings['resolution']}",
@@ -120,7 +141,7 @@ def run_config(settings, model, seed, out):
         f"logging.output_dir={json.dumps(str(out / 'runs' / run_label(model) / f'seed-{seed}'))}",
         "logging.log_every=25", f"logging.checkpoint_every={settings['eval_every']}", "logging.keep_checkpoints=null",
         "logging.sample_every=0", "logging.tracker=null",
-        *settings["overrides"],
+        *settings["overrides"], *settings["arms"][model],
     ])
 
 
@@ -147,6 +168,7 @@ class RealData:
 
 
 def count_parameters(config, num_classes):
+    """The denoiser's parameters (training-only parts, like a REPA projector, are not counted)."""
     with torch.device("meta"):  # shapes only: nothing is allocated
         model = build_model(config.model, {"size": config.data.resolution, "channels": 3,
                                            "class_names": [str(c) for c in range(num_classes)]})

@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 from vlgen.commands.defaults import GRID_GUIDANCE_SCALE, NPZ_GUIDANCE_SCALE
 
 # What `vlgen sample` samples with where neither a flag nor a protocol says (None: the pipeline's own).
-DEFAULTS = {"num_samples": 50_000, "guidance_scale": None, "guided_channels": None, "num_inference_steps": None,
-            "sampler": None, "dtype": "auto", "tf32": True, "class_labels": "balanced"}
+DEFAULTS = {"num_samples": 50_000, "guidance_scale": None, "guided_channels": None, "guidance_interval": None,
+            "num_inference_steps": None, "sampler": None, "dtype": "auto", "tf32": True, "class_labels": "balanced"}
 CLASS_LABELS = ("balanced", "random")  # sample i has class i mod K, or a class drawn uniformly from (seed, i)
 
 
@@ -81,6 +81,8 @@ def describe(args, options):
     steps = "the pipeline's steps" if args.num_inference_steps is None else f"{args.num_inference_steps} steps"
     sampler = args.sampler or "the pipeline's sampler"
     channels = "all channels" if args.guided_channels is None else f"{args.guided_channels} channels"
+    if args.guidance_interval is not None:
+        channels += f" at times {args.guidance_interval[0]:g} to {args.guidance_interval[1]:g}"
     option_text = ", ".join(f"{key}={value}" for key, value in options.items())
     line = (f"{sampler} ({option_text}), {steps}, guidance {args.guidance_scale} on {channels}, {args.dtype}, "
             f"TF32 {'on' if args.tf32 else 'off'}, {args.num_samples:,} samples, {args.class_labels} labels")

@@ -73,7 +73,8 @@ def generate(pipe, labels, indices, args):
     size = args.resolution
     images = pipe(labels, guidance_scale=args.guidance_scale, num_inference_steps=args.num_inference_steps,
                   generator=generators, height=size, width=size, output_type="pt",
-                  guided_channels=args.guided_channels).images
+                  guided_channels=args.guided_channels,
+                  guidance_interval=None if args.guidance_interval is None else tuple(args.guidance_interval)).images
     return to_uint8(images * 2 - 1).permute(0, 2, 3, 1).cpu().numpy()
 
 
@@ -122,6 +123,7 @@ def sampling_settings(args):
     """The settings an npz's images depend on (besides the pipeline's files), as recorded beside it."""
     return {"protocol": args.protocol, "num_samples": args.num_samples, "seed": args.seed,
             "guidance_scale": args.guidance_scale, "guided_channels": args.guided_channels,
+            "guidance_interval": args.guidance_interval,
             "num_inference_steps": args.num_inference_steps, "sampler": args.sampler,
             "sampler_options": args.sampler_options, "resolution": args.resolution, "dtype": args.dtype,
             "tf32": args.tf32, "class_labels": args.class_labels}

@@ -6,7 +6,9 @@
 
 A shard holds `moments` (n, 2, C, h, w): the scaled posterior mean and standard deviation of each
 image, `moments_flip` the same of its mirror image (when extracted with flips), `labels`,
-`indices` (source positions) and the per-channel sums of its means. Shards are numbered by source
+`indices` (source positions) and the per-channel sums of its means; extracted with an encoder
+(`--encoder`, for representation alignment: vlgen.training.repa), `features` (n, D, h', w') its
+patch features of each image and `features_flip` of its mirror image. Shards are numbered by source
 position, so they are the same whatever the number of processes (process r writes shards k with
 k mod P = r), each is written atomically, and an interrupted extraction run again keeps the shards
 it has and writes the others. Training draws x = mean + std * noise per step, as DiT samples
@@ -29,6 +31,7 @@ from vlgen.core.host_channel import HostChannel
 from vlgen.core.output_dir import open_resumable
 from vlgen.data.images import center_crop_arr, pil_to_tensor
 from vlgen.data.sources import open_source
+from vlgen.models.encoders import encode_patches, load_encoder
 from vlgen.models.vae import latent_scaling, load_vae
 
 META, SETTINGS = "meta.json", "extraction.json"
@@ -61,26 +64,31 @@ class _Crops:
         return {"x": pil_to_tensor(center_crop_arr(image, self.resolution)), "y": label, "index": index, "ok": True}
 
 
-def _encode(vae, images, flip, scale, shift):
-    """(moments, moments of the mirror images or None), each (n, 2, C, h, w)."""
-    views = [images, torch.flip(images, dims=[-1])] if flip else [images]
-    encoded = []
-    for view in views:
+def _encode(vae, encoder, images, flip, scale, shift):
+    """A batch's tensors: moments (n, 2, C, h, w), with flip moments_flip of the mirror images, with
+    an encoder its features (and features_flip)."""
+    views = {"": images, "_flip": torch.flip(images, dims=[-1])} if flip else {"": images}
+    encoded = {}
+    for suffix, view in views.items():
         posterior = vae.encode(view).latent_dist
-        encoded.append(torch.stack([(posterior.mean - shift) * scale, posterior.std * scale], dim=1))
-    return encoded[0], encoded[1] if flip else None
+        encoded["moments" + suffix] = torch.stack([(posterior.mean - shift) * scale, posterior.std * scale], dim=1)
+        if encoder is not None:
+            encoded["features" + suffix] = encode_patches(encoder, view)
+    return {key: value.cpu() for key, value in encoded.items()}
 
 
-def _write_shard(path, parts, skipped, dtype, flip):
-    moments = torch.cat([part[0] for part in parts]) if parts else torch.zeros(0)
-    means = moments[:, 0].double()
-    tensors = {"moments": moments.to(DTYPES[dtype]).contiguous(),
-               "labels": torch.cat([part[2] for part in parts]).long() if parts else torch.zeros(0, dtype=torch.long),
-               "indices": torch.cat([part[3] for part in parts]).long() if parts else torch.zeros(0, dtype=torch.long),
-               "channel_sum": means.sum(dim=(0, 2, 3)), "channel_sumsq": means.square().sum(dim=(0, 2, 3)),
-               "skipped": torch.tensor([skipped])}
-    if flip:
-        tensors["moments_flip"] = torch.cat([part[1] for part in parts]).to(DTYPES[dtype]).contiguous()
+def _write_shard(path, parts, skipped, dtype):
+    """parts: each batch's tensors (_encode's, labels and indices); an empty shard (all skipped)
+    holds only the empty labels and indices and the count skipped."""
+    tensors = {key: torch.cat([part[key] for part in parts]) for key in (parts[0] if parts else ())}
+    for key in ("labels", "indices"):
+        tensors[key] = tensors.get(key, torch.zeros(0)).long()
+    for key in set(tensors) - {"labels", "indices"}:
+        tensors[key] = tensors[key].to(DTYPES[dtype]).contiguous()
+    if parts:
+        means = torch.cat([part["moments"][:, 0] for part in parts]).double()  # before the storage dtype
+        tensors.update(channel_sum=means.sum(dim=(0, 2, 3)), channel_sumsq=means.square().sum(dim=(0, 2, 3)))
+    tensors["skipped"] = torch.tensor([skipped])
     with atomic_path(path) as temporary:
         save_file(tensors, str(temporary))
 
@@ -88,10 +96,11 @@ def _write_shard(path, parts, skipped, dtype, flip):
 @torch.no_grad()
 def extract_latents(accelerator, data, vae_name, out_dir, *, resolution=256, batch_size=32, flip=True,
                     dtype="float32", num_workers=0, vae_subfolder=None, skip_bad=False, shard_size=1024,
-                    data_format=None, source_options=None, progress=True, channel=None):
-    """Encode every image of a source (vlgen.data.sources) with the VAE into out_dir, shard by
-    shard over the processes; run again after an interruption, it keeps the shards written and
-    writes the rest. Returns the meta dict."""
+                    data_format=None, source_options=None, encoder=None, progress=True, channel=None):
+    """Encode every image of a source (vlgen.data.sources) with the VAE (and an encoder of
+    vlgen.models.encoders, when given: its spec) into out_dir, shard by shard over the processes;
+    run again after an interruption, it keeps the shards written and writes the rest. Returns the
+    meta dict."""
     if dtype not in DTYPES:
         raise ValueError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
     if shard_size < 1 or batch_size < 1:
@@ -102,7 +111,7 @@ def extract_latents(accelerator, data, vae_name, out_dir, *, resolution=256, bat
     out_dir = Path(out_dir)
     settings = {"format": FORMAT, "data": str(data), "data_format": data_format, "source_options": source_options,
                 "vae": str(vae_name), "vae_subfolder": vae_subfolder, "resolution": resolution, "flip": flip,
-                "dtype": dtype, "shard_size": shard_size, "skip_bad": skip_bad}
+                "dtype": dtype, "shard_size": shard_size, "skip_bad": skip_bad, "encoder": encoder}
     problem = None
     if accelerator.is_main_process:
         try:
@@ -116,7 +125,8 @@ def extract_latents(accelerator, data, vae_name, out_dir, *, resolution=256, bat
     vae = load_vae(vae_name, vae_subfolder, accelerator.device)
     scale, shift = latent_scaling(vae)
     rank, processes = accelerator.process_index, accelerator.num_processes
-    encode = _Encoder(vae, flip, scale, shift, dtype, accelerator.device)
+    features = None if encoder is None else load_encoder(encoder, accelerator.device)
+    encode = _Encoder(vae, features, flip, scale, shift, dtype, accelerator.device)
     if source.streaming:
         _extract_stream(source, resolution, skip_bad, shard_size, batch_size, out_dir, encode, rank, processes,
                         progress and accelerator.is_main_process)
@@ -135,7 +145,8 @@ def extract_latents(accelerator, data, vae_name, out_dir, *, resolution=256, bat
     channel.wait_for_main()
     meta = None
     if accelerator.is_main_process:
-        meta = _finish(out_dir, settings, source.class_names, scale, shift, vae, resolution, accelerator.device)
+        meta = _finish(out_dir, settings, source.class_names, scale, shift,
+                       None if features is None else {"spec": encoder, "dim": features.dim})
     channel.wait_for_main()
     return meta if meta is not None else json.loads((out_dir / META).read_text())
 
@@ -143,8 +154,9 @@ def extract_latents(accelerator, data, vae_name, out_dir, *, resolution=256, bat
 class _Encoder:
     """Encodes a shard's batches and writes the shard."""
 
-    def __init__(self, vae, flip, scale, shift, dtype, device):
-        self.vae, self.flip, self.scale, self.shift, self.dtype, self.device = vae, flip, scale, shift, dtype, device
+    def __init__(self, vae, encoder, flip, scale, shift, dtype, device):
+        self.vae, self.encoder, self.flip, self.scale, self.shift = vae, encoder, flip, scale, shift
+        self.dtype, self.device = dtype, device
 
     def shard(self, path, batches, bar):
         parts, skipped = [], 0
@@ -152,12 +164,11 @@ class _Encoder:
             keep = batch["ok"]
             skipped += int((~keep).sum())
             if keep.any():
-                moments, mirrored = _encode(self.vae, batch["x"][keep].to(self.device), self.flip, self.scale,
-                                            self.shift)
-                parts.append((moments.cpu(), None if mirrored is None else mirrored.cpu(), batch["y"][keep],
-                              batch["index"][keep]))
+                part = _encode(self.vae, self.encoder, batch["x"][keep].to(self.device), self.flip, self.scale,
+                               self.shift)
+                parts.append({**part, "labels": batch["y"][keep], "indices": batch["index"][keep]})
             bar.update(len(keep))
-        _write_shard(path, parts, skipped, self.dtype, self.flip)
+        _write_shard(path, parts, skipped, self.dtype)
 
 
 def _extract_stream(source, resolution, skip_bad, shard_size, batch_size, out_dir, encode, rank, processes, progress):
@@ -193,39 +204,38 @@ def _extract_stream(source, resolution, skip_bad, shard_size, batch_size, out_di
             write(current, items)
 
 
-def _finish(out_dir, settings, class_names, scale, shift, vae, resolution, device):
+def _finish(out_dir, settings, class_names, scale, shift, encoder):
     """meta.json from the shards: counts, labels' classes, per-channel statistics, shapes."""
     files = sorted(out_dir.glob("shard-*.safetensors"))
     count, skipped, sums, squares, latent_shape = 0, 0, 0.0, 0.0, None
     for file in files:
         with safe_open(str(file), framework="pt") as shard:
-            count += shard.get_slice("labels").get_shape()[0]
             skipped += int(shard.get_tensor("skipped")[0])
+            if "moments" not in shard.keys():  # every image of the shard skipped
+                continue
+            count += shard.get_slice("labels").get_shape()[0]
             sums = sums + shard.get_tensor("channel_sum")
             squares = squares + shard.get_tensor("channel_sumsq")
-            shape = shard.get_slice("moments").get_shape()
-            latent_shape = latent_shape or (list(shape[2:]) if shape[0] else None)
+            latent_shape = shard.get_slice("moments").get_shape()[2:]
     if count == 0:
         raise ValueError(f"no image of {settings['data']} could be read; check the data")
-    if latent_shape is None:
-        latent_shape = list(vae.encode(torch.zeros(1, 3, resolution, resolution, device=device)).latent_dist.mean.shape[1:])
     positions = count * latent_shape[1] * latent_shape[2]
     mean = sums / positions
     std = (squares / positions - mean.square()).clamp_min(0).sqrt()
     meta = {**{k: settings[k] for k in ("format", "vae", "vae_subfolder", "resolution", "flip", "dtype",
                                         "shard_size")},
             "count": count, "skipped": skipped, "scaling_factor": scale, "shift_factor": shift,
-            "latent_shape": latent_shape, "class_names": list(class_names), "channel_mean": mean.tolist(),
-            "channel_std": std.tolist(), "source": settings["data"]}
+            "latent_shape": list(latent_shape), "class_names": list(class_names), "channel_mean": mean.tolist(),
+            "channel_std": std.tolist(), "source": settings["data"], "encoder": encoder}
     with atomic_path(out_dir / META) as temporary:
         temporary.write_text(json.dumps(meta, indent=2))
     return meta
 
 
 class LatentDataset:
-    """Items: dict(x=(2, C, h, w) scaled posterior mean and std, y=class id), indexed by
-    (index, flip); flip picks the latents of the mirror image (extracted with flip=True), and only
-    that variant is read. latent_norm "channel" normalises each channel by the dataset's mean and
+    """Items: dict(x=(2, C, h, w) scaled posterior mean and std, y=class id, and z=(D, h', w') the
+    encoder's features when extracted with one), indexed by (index, flip); flip picks the latents
+    of the mirror image (extracted with flip=True), and only that variant is read. latent_norm "channel" normalises each channel by the dataset's mean and
     standard deviation (meta.json). The index is numpy arrays: flat memory in every loader worker."""
 
     posterior = True
@@ -246,6 +256,7 @@ class LatentDataset:
         if random_flip and not self.meta["flip"]:
             raise ValueError(f"the latents in {root} were extracted without mirror images: set "
                              f"data.random_flip=false, or extract again with flips")
+        self.encoder = self.meta.get("encoder")  # {spec, dim} when extracted with --encoder
         self.class_names = list(self.meta["class_names"])
         self.num_classes = len(self.class_names)
         self.channels, self.size = self.meta["latent_shape"][0], self.meta["latent_shape"][1]
@@ -278,11 +289,15 @@ class LatentDataset:
         number, row = int(self.file_of[index]), int(self.row_of[index])
         if number not in self._handles:
             self._handles[number] = safe_open(str(self.files[number]), framework="pt")
-        moments = self._handles[number].get_slice("moments_flip" if flip else "moments")[row: row + 1][0].float()
+        shard, suffix = self._handles[number], "_flip" if flip else ""
+        moments = shard.get_slice("moments" + suffix)[row: row + 1][0].float()
         if self.norm is not None:
             mean, std = self.norm
             moments = torch.stack([(moments[0] - mean) / std, moments[1] / std])
-        return {"x": moments, "y": int(self.labels[index])}
+        item = {"x": moments, "y": int(self.labels[index])}
+        if self.encoder is not None:
+            item["z"] = shard.get_slice("features" + suffix)[row: row + 1][0].float()
+        return item
 
     def __getstate__(self):  # file handles do not cross into worker processes
         return {**self.__dict__, "_handles": {}}

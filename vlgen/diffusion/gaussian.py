@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from vlgen.core.choices import check_choice
+from vlgen.core.times import check_time_sampling, unit_times
 from vlgen.core.reductions import mean_flat
 from vlgen.diffusion.likelihood import discretized_gaussian_log_likelihood, normal_kl
 from vlgen.diffusion.schedules import beta_schedule, space_timesteps
@@ -58,8 +59,11 @@ class GaussianDiffusion:
     kind = "ddpm"
     default_sampler = "dpm-solver++"  # 20 steps: as good as 250 ancestral ones or better (README, Which sampler)
 
-    def __init__(self, betas, prediction=DEFAULT_PREDICTION, variance="learned_range", timestep_map=None):
+    def __init__(self, betas, prediction=DEFAULT_PREDICTION, variance="learned_range", timestep_map=None,
+                 time_sampling="uniform", logit_mean=0.0, logit_std=1.0):
         check_choice("prediction", prediction, PREDICTIONS)
+        check_time_sampling(time_sampling, logit_std)
+        self.time_sampling, self.logit_mean, self.logit_std = time_sampling, logit_mean, logit_std
         check_choice("variance", variance, VARIANCES)
         betas = np.asarray(betas, dtype=np.float64)
         if betas.ndim != 1 or not ((betas > 0) & (betas <= 1)).all():
@@ -209,20 +213,28 @@ class GaussianDiffusion:
         return terms
 
     def sample_times(self, batch_size, device, generator=None):
-        """Uniform training timesteps in [0, num_timesteps)."""
-        return torch.randint(0, self.num_timesteps, (batch_size,), device=device, generator=generator)
+        """Training timesteps in [0, num_timesteps): uniform (DiT's), or logit-normal (u from
+        vlgen.core.times, step floor(u * T))."""
+        if self.time_sampling == "uniform":
+            return torch.randint(0, self.num_timesteps, (batch_size,), device=device, generator=generator)
+        gen_device = generator.device if generator is not None else device
+        u = unit_times(batch_size, generator, gen_device, self.time_sampling, self.logit_mean, self.logit_std)
+        return (u * self.num_timesteps).long().clamp_(max=self.num_timesteps - 1).to(device)
 
 
 def create_diffusion(timestep_respacing="", noise_schedule="linear", diffusion_steps=1000,
-                     prediction=DEFAULT_PREDICTION, learn_sigma=True, sigma_small=False):
+                     prediction=DEFAULT_PREDICTION, learn_sigma=True, sigma_small=False, time_sampling="uniform",
+                     logit_mean=0.0, logit_std=1.0):
     """DiT's create_diffusion: linear 1000-step schedule, learned-range sigma by default.
 
     timestep_respacing: "" (all steps), "250", "ddim50" or comma sections. Respacing keeps the
-    alpha-bar values of the kept steps and recomputes betas between them."""
+    alpha-bar values of the kept steps and recomputes betas between them. time_sampling: how
+    training steps are drawn (uniform, DiT's; or logit-normal with logit_mean / logit_std)."""
     betas = beta_schedule(noise_schedule, diffusion_steps)
     variance = "learned_range" if learn_sigma else ("fixed_small" if sigma_small else "fixed_large")
     kept = space_timesteps(diffusion_steps, timestep_respacing)
     alphas_cumprod = np.cumprod(1.0 - betas)
     kept_alphas = alphas_cumprod[kept]
     respaced_betas = 1.0 - kept_alphas / np.append(1.0, kept_alphas[:-1])
-    return GaussianDiffusion(respaced_betas, prediction=prediction, variance=variance, timestep_map=kept)
+    return GaussianDiffusion(respaced_betas, prediction=prediction, variance=variance, timestep_map=kept,
+                             time_sampling=time_sampling, logit_mean=logit_mean, logit_std=logit_std)

@@ -17,8 +17,13 @@ def attend(q, k, v):
     return F.scaled_dot_product_attention(q, k, v)
 
 
+QK_NORM_EPS = 1e-6
+
+
 class Attention(nn.Module):
-    def __init__(self, dim, num_heads):
+    """qk_norm: RMSNorm with a learned scale on each head's queries and keys, before RoPE."""
+
+    def __init__(self, dim, num_heads, qk_norm=False):
         super().__init__()
         if dim % num_heads:
             raise ValueError(f"hidden size {dim} is not divisible by num_heads={num_heads}")
@@ -26,11 +31,15 @@ class Attention(nn.Module):
         self.head_dim = dim // num_heads
         self.qkv = nn.Linear(dim, 3 * dim)
         self.proj = nn.Linear(dim, dim)
+        self.q_norm = nn.RMSNorm(self.head_dim, eps=QK_NORM_EPS) if qk_norm else None
+        self.k_norm = nn.RMSNorm(self.head_dim, eps=QK_NORM_EPS) if qk_norm else None
 
     def forward(self, x, rope=None):
         """x: (N, T, D); rope: None or the (cos, signed_sin) tables of the token grid, each (T, head_dim)."""
         n, t, d = x.shape
         qkv = self.qkv(x).view(n, t, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        if self.q_norm is not None:
+            qkv = torch.stack([self.q_norm(qkv[0]).to(qkv.dtype), self.k_norm(qkv[1]).to(qkv.dtype), qkv[2]])
         if rope is None:
             q, k, v = qkv.unbind(0)  # (N, H, T, hd) each
         else:

@@ -31,15 +31,28 @@ def modulated_norm(norm, x, shift, scale):
     return modulate(norm(x).to(dtype), shift.to(dtype), scale.to(dtype))
 
 
+NORMS = ("layernorm", "rmsnorm")
+
+
+def token_norm(norm, dim, eps):
+    """The normalisation an adaLN block modulates: LayerNorm (DiT's) or RMSNorm (LightningDiT's),
+    without affine parameters (adaLN supplies scale and shift)."""
+    if norm == "layernorm":
+        return nn.LayerNorm(dim, elementwise_affine=False, eps=eps)
+    if norm == "rmsnorm":
+        return nn.RMSNorm(dim, eps=eps, elementwise_affine=False)
+    raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
+
+
 class AdaLNZeroBlock(nn.Module):
     """x + gate * attn(modulate(norm(x))), then x + gate * mlp(modulate(norm(x))), with the six
     shift/scale/gate vectors from one Linear of the activated conditioning SiLU(t_emb + y_emb)."""
 
-    def __init__(self, dim, attn, mlp, norm_eps=1e-6, mlp_norm_eps=1e-6):
+    def __init__(self, dim, attn, mlp, norm_eps=1e-6, mlp_norm_eps=1e-6, norm="layernorm"):
         super().__init__()
-        self.norm1 = nn.LayerNorm(dim, elementwise_affine=False, eps=norm_eps)
+        self.norm1 = token_norm(norm, dim, norm_eps)
         self.attn = attn
-        self.norm2 = nn.LayerNorm(dim, elementwise_affine=False, eps=mlp_norm_eps)
+        self.norm2 = token_norm(norm, dim, mlp_norm_eps)
         self.mlp = mlp
         self.adaln = nn.Linear(dim, 6 * dim)
 
@@ -54,25 +67,27 @@ class AdaLNZeroBlock(nn.Module):
 MLP_TYPES = ("swiglu", "gelu")
 
 
-def transformer_block(dim, num_heads, mlp_type, mlp_ratio=4.0, norm_eps=1e-6, mlp_norm_eps=1e-6):
+def transformer_block(dim, num_heads, mlp_type, mlp_ratio=4.0, norm_eps=1e-6, mlp_norm_eps=1e-6, norm="layernorm",
+                      qk_norm=False):
     """One adaLN-Zero block. mlp_type "swiglu": the VisionLLaMA block's SwiGLU at LLaMA's hidden
     width (it gets RoPE tables in forward); "gelu": the plain DiT block's GELU-tanh MLP of width
-    mlp_ratio * dim (on position-embedded tokens)."""
+    mlp_ratio * dim (on position-embedded tokens). norm: the token normalisation (NORMS); qk_norm:
+    RMSNorm on each head's queries and keys (LightningDiT's)."""
     if mlp_type == "swiglu":
         mlp = SwiGLU(dim, swiglu_hidden_size(dim))
     elif mlp_type == "gelu":
         mlp = GeluMLP(dim, int(dim * mlp_ratio))
     else:
         raise ValueError(f"mlp_type must be one of {MLP_TYPES}, got {mlp_type!r}")
-    return AdaLNZeroBlock(dim, Attention(dim, num_heads), mlp, norm_eps, mlp_norm_eps)
+    return AdaLNZeroBlock(dim, Attention(dim, num_heads, qk_norm), mlp, norm_eps, mlp_norm_eps, norm)
 
 
 class FinalLayer(nn.Module):
     """adaLN shift/scale of the normalised tokens, then Linear to patch_size**2 * out_channels."""
 
-    def __init__(self, dim, patch_size, out_channels, norm_eps=1e-6):
+    def __init__(self, dim, patch_size, out_channels, norm_eps=1e-6, norm="layernorm"):
         super().__init__()
-        self.norm = nn.LayerNorm(dim, elementwise_affine=False, eps=norm_eps)
+        self.norm = token_norm(norm, dim, norm_eps)
         self.adaln = nn.Linear(dim, 2 * dim)
         self.linear = nn.Linear(dim, patch_size * patch_size * out_channels)
 

@@ -4,7 +4,9 @@ block_type="llama": VisionLLaMA blocks (2D RoPE / AS2DRoPE attention, SwiGLU), n
 position embedding. block_type="dit": the plain DiT baseline (fixed 2D sin-cos position
 embedding, GELU MLP). Both use adaLN-Zero conditioning on timestep + class label. mlp_type gives
 a block type the other's MLP, for ablations that separate the two changes (no reference
-checkpoint has such a model).
+checkpoint has such a model). norm="rmsnorm" and qk_norm=True are LightningDiT's recipe options
+(RMSNorm for the tokens' normalisation, RMSNorm on queries and keys); off, the model is the
+reference one.
 """
 import torch
 from diffusers.configuration_utils import ConfigMixin, register_to_config
@@ -71,6 +73,8 @@ class VisionLLaMADenoiser(ModelMixin, ConfigMixin):
         timestep_freq_shift: int = 0,
         mlp_type: str | None = None,
         out_channels: int | None = None,
+        norm: str = "layernorm",
+        qk_norm: bool = False,
     ):
         super().__init__()
         if block_type not in BLOCK_TYPES:
@@ -93,9 +97,10 @@ class VisionLLaMADenoiser(ModelMixin, ConfigMixin):
         self.rope = (RotaryEmbedding2D(hidden_size // num_heads, self.base_grid, rope_theta, rope_auto_scale)
                      if block_type == "llama" else None)
         mlp_type = mlp_type or OWN_MLP[block_type]
-        self.blocks = nn.ModuleList(transformer_block(hidden_size, num_heads, mlp_type, mlp_ratio, norm_eps, mlp_norm_eps)
-                                    for _ in range(depth))
-        self.final_layer = FinalLayer(hidden_size, patch_size, 2 * in_channels if learn_sigma else in_channels, norm_eps)
+        self.blocks = nn.ModuleList(transformer_block(hidden_size, num_heads, mlp_type, mlp_ratio, norm_eps, mlp_norm_eps,
+                                                      norm, qk_norm) for _ in range(depth))
+        self.final_layer = FinalLayer(hidden_size, patch_size, 2 * in_channels if learn_sigma else in_channels, norm_eps,
+                                      norm)
         self._pos_embed_cache = {}
         self.gradient_checkpointing = False
         self.initialize_weights()

@@ -39,7 +39,7 @@ def model_name(config):
     """The registered name of a denoiser's config (its constructor arguments, or model.config), or
     None when no named size has its widths and block type."""
     keys = ("block_type", "learn_sigma", "discard_sigma", "hidden_size", "depth", "num_heads", "patch_size")
-    if config.get("mlp_type") is not None:
+    if config.get("mlp_type") is not None or config.get("norm", "layernorm") != "layernorm" or config.get("qk_norm"):
         return None
     return next((name for name, named in MODEL_CONFIGS.items() if all(config[k] == named[k] for k in keys)), None)
 

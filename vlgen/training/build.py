@@ -8,6 +8,7 @@ from vlgen.data.latents import LATENT_NORMS, LatentDataset
 from vlgen.data.shapes import ShapesDataset
 from vlgen.data.sources import FORMATS
 from vlgen.models import create_model
+from vlgen.models.blocks import NORMS
 from vlgen.models.registry import model_config
 from vlgen.objectives import KINDS, create_objective
 
@@ -26,6 +27,7 @@ def _positive(key, value):
 def check_config(config):
     """Choices and ranges, named by key, before anything is built."""
     check_choice("data.kind", config.data.kind, DATA_KINDS)
+    check_choice("model.norm", config.model.norm, NORMS)
     check_choice("data.format", config.data.format, (None, *FORMATS))
     check_choice("data.latent_norm", config.data.latent_norm, LATENT_NORMS)
     check_choice("objective.kind", config.objective.kind, KINDS)
@@ -47,6 +49,8 @@ def check_config(config):
         raise ValueError(f"train.lr must be positive, got {config.train.lr}")
     if not 0 <= config.train.ema_decay <= 1:
         raise ValueError(f"train.ema_decay must be in [0, 1], got {config.train.ema_decay}")
+    if config.repa.encoder is not None and not (config.repa.coefficient > 0 and config.repa.projector_dim >= 1):
+        raise ValueError("repa.coefficient must be positive and repa.projector_dim a positive integer")
     if config.train.grad_clip is not None and not config.train.grad_clip > 0:
         raise ValueError(f"train.grad_clip must be positive or null, got {config.train.grad_clip}")
 
@@ -86,6 +90,7 @@ def build_model(model, info):
     """The denoiser for data of this shape; the patch size must divide the data's size."""
     overrides = {key: getattr(model, key) for key in ("hidden_size", "depth", "num_heads", "mlp_type")
                  if getattr(model, key)}
+    overrides.update(norm=model.norm, qk_norm=model.qk_norm)
     patch = model_config(model.name)["patch_size"]
     if info["size"] % patch:
         raise ValueError(f"{model.name} has patch size {patch}, which does not divide the data's size "

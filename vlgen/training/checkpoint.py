@@ -3,6 +3,7 @@
     OUTPUT/checkpoints/step-0001000/
         ema/                 the EMA denoiser (save_pretrained: config.json + safetensors)
         model.safetensors    the trained weights
+        projector.safetensors  the REPA projector (runs with repa.encoder set)
         optimizer.pt         optimizer state (tensors only: loaded with weights_only=True)
         state.pt             step, LR-scheduler and fp16 grad-scaler state, the open metrics window,
                              the precision and process count the run had
@@ -55,7 +56,7 @@ def _rng_state():
 
 
 def save_checkpoint(accelerator, channel, directory, *, model, ema, optimizer, scheduler, step, config, data_info,
-                    window_state=None):
+                    window_state=None, projector=None):
     """Write a checkpoint atomically (vlgen.core.atomic); every process must call it: the main
     process gathers each process's RNG state (on the CPU side channel) and writes everything, while
     the others wait on that channel, whose timeout allows for a slow file system."""
@@ -67,6 +68,8 @@ def save_checkpoint(accelerator, channel, directory, *, model, ema, optimizer, s
                 torch.save(rng, temporary / f"rng-{index}.pt")
             ema.save_pretrained(temporary / "ema")
             save_model(accelerator.unwrap_model(model), str(temporary / "model.safetensors"))
+            if projector is not None:
+                save_model(accelerator.unwrap_model(projector), str(temporary / "projector.safetensors"))
             torch.save(optimizer.state_dict(), temporary / "optimizer.pt")
             scaler = accelerator.scaler.state_dict() if accelerator.scaler is not None else None
             state = {"step": step, "scheduler": scheduler.state_dict(), "scaler": scaler, "log_window": window_state,
@@ -111,19 +114,21 @@ def safetensors_device(device):
     return "cpu" if device.type == "cpu" else str(device)
 
 
-def load_checkpoint(accelerator, directory, *, model, ema, optimizer, scheduler):
+def load_checkpoint(accelerator, directory, *, model, ema, optimizer, scheduler, projector=None):
     """Restore a checkpoint written by save_checkpoint into the given objects; returns (its step, the
     metrics window it saved or None)."""
     directory = Path(directory)
-    for name in ("model.safetensors", "optimizer.pt", "state.pt", "ema"):
+    weights = {"model.safetensors": model} | ({"projector.safetensors": projector} if projector is not None else {})
+    for name in (*weights, "optimizer.pt", "state.pt", "ema"):
         if not (directory / name).exists():
             raise FileNotFoundError(f"{directory} is not a complete training checkpoint (no {name})")
-    try:
-        load_model(accelerator.unwrap_model(model), str(directory / "model.safetensors"),
-                   device=safetensors_device(accelerator.device))
-    except SafetensorError:
-        raise ValueError(f"{directory / 'model.safetensors'} is damaged (truncated or corrupt); resume from an "
-                         f"earlier checkpoint (--resume {directory.parent}/step-...) or delete {directory}") from None
+    for name, module in weights.items():
+        try:
+            load_model(accelerator.unwrap_model(module), str(directory / name),
+                       device=safetensors_device(accelerator.device))
+        except SafetensorError:
+            raise ValueError(f"{directory / name} is damaged (truncated or corrupt); resume from an earlier "
+                             f"checkpoint (--resume {directory.parent}/step-...) or delete {directory}") from None
     ema_weights = type(ema).from_pretrained(directory / "ema").state_dict()
     ema.load_state_dict(ema_weights)
     optimizer.load_state_dict(load_tensor_file(directory / "optimizer.pt"))

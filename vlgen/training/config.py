@@ -1,6 +1,6 @@
 """Training configuration: typed dataclasses loaded from YAML, with dotted overrides.
 
-A YAML file has the sections model, objective, data, train and logging; `base: other.yaml`
+A YAML file has the sections model, objective, data, train, logging and repa; `base: other.yaml`
 (relative to the file) starts from another file. Unknown keys and wrong types are errors naming
 the key. The defaults are a small run on the built-in `shapes` dataset.
 """
@@ -21,6 +21,8 @@ class ModelConfig:
     num_heads: int | None = 4
     class_dropout_prob: float = 0.1  # labels dropped to the null class, for classifier-free guidance
     mlp_type: str | None = None  # None: the block's own MLP; "gelu" / "swiglu" gives it the other's (ablations)
+    norm: str = "layernorm"  # the blocks' token normalisation: layernorm (DiT's) or rmsnorm (LightningDiT's)
+    qk_norm: bool = False  # RMSNorm on each head's queries and keys (LightningDiT's)
     gradient_checkpointing: bool = False
     compile: bool = False  # torch.compile the denoiser (off: on CPU it pays little for its compile time)
 
@@ -35,7 +37,7 @@ class ObjectiveConfig:
     loss_weight: str | None = None  # flow, score/noise predictions: velocity or likelihood
     train_eps: float | None = None  # flow: None takes SiT's defaults
     sample_eps: float | None = None
-    time_sampling: str = "uniform"  # flow: uniform or logit-normal
+    time_sampling: str = "uniform"  # uniform or logit-normal (both objectives)
     logit_mean: float = 0.0
     logit_std: float = 1.0
 
@@ -88,12 +90,21 @@ class LoggingConfig:
 
 
 @dataclass
+class RepaConfig:
+    encoder: str | None = None  # None: off; a vlgen classifier directory, or a DINOv2 model (dinov2_vitb14, ...)
+    block: int = 8  # align the tokens after this many blocks (REPA's 8 of 28)
+    coefficient: float = 0.5  # weight of the alignment loss (REPA's lambda)
+    projector_dim: int = 2048  # width of the MLP projector
+
+
+@dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    repa: RepaConfig = field(default_factory=RepaConfig)
 
     def to_dict(self):
         return dataclasses.asdict(self)

@@ -3,7 +3,7 @@ import shutil
 import signal
 import sys
 import time
-from contextlib import ExitStack, nullcontext
+from contextlib import ExitStack
 from pathlib import Path
 
 import torch
@@ -26,6 +26,7 @@ from vlgen.training.distributed import (agreed_mixed_precision, agreed_resume, c
 from vlgen.training.ema import create_ema, update_ema
 from vlgen.training.memory import fit_problem, step_bytes
 from vlgen.training.metrics_log import MetricsLog
+from vlgen.training.repa import Repa
 
 # Settings that may differ between a checkpoint and the run resuming it.
 RESUME_MAY_CHANGE = {"train.max_steps", "train.mixed_precision", "train.tf32", "train.gradient_accumulation_steps",
@@ -82,10 +83,15 @@ class Run:
         model = build_model(config.model, self.data_info)
         self.objective = build_objective(config.objective, model)
         self.ema = create_ema(model).to(accelerator.device)
-        optimizer = create_adamw(model.parameters(), lr=train.lr, betas=train.betas, weight_decay=train.weight_decay)
+        self.repa = Repa(config.repa, model, self.dataset, accelerator.device) if config.repa.encoder else None
+        trained = [model] if self.repa is None else [model, self.repa.projector]
+        optimizer = create_adamw([p for module in trained for p in module.parameters()], lr=train.lr,
+                                 betas=train.betas, weight_decay=train.weight_decay)
         # Not prepared by accelerate: it would step the schedule once per process.
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _learning_rate_factor(train.warmup_steps))
-        self.model, self.optimizer = accelerator.prepare(model, optimizer)
+        *self.trained, self.optimizer = accelerator.prepare(*trained, optimizer)
+        self.model = self.trained[0]
+        self.projector = self.trained[1] if self.repa is not None else None
         if config.model.compile:
             # In place and after DDP wraps the model: dynamo then splits the graph at DDP's gradient
             # buckets, so that their all-reduce overlaps backward. Parameter names, state dicts and the
@@ -98,7 +104,8 @@ class Run:
         cfg = self.config
         save_checkpoint(self.accelerator, self.channel, checkpoint_dir(cfg.logging.output_dir, self.step),
                         model=self.model, ema=self.ema, optimizer=self.optimizer, scheduler=self.scheduler,
-                        step=self.step, config=cfg, data_info=self.data_info, window_state=window_state)
+                        step=self.step, config=cfg, data_info=self.data_info, window_state=window_state,
+                        projector=self.projector)
         keep = cfg.logging.keep_checkpoints
         if keep is not None and self.accelerator.is_main_process:
             for old in list_checkpoints(cfg.logging.output_dir)[:-keep]:  # only once the new one is complete
@@ -113,7 +120,8 @@ class Run:
             raise ValueError(f"checkpoint {directory} was trained on other data ({saved_data}) than data.path gives "
                              f"now ({self.data_info})")
         self.step, window_state = load_checkpoint(self.accelerator, directory, model=self.model, ema=self.ema,
-                                                  optimizer=self.optimizer, scheduler=self.scheduler)
+                                                  optimizer=self.optimizer, scheduler=self.scheduler,
+                                                  projector=self.projector)
         steps = self.channel.gather(self.step)
         if len(set(steps)) > 1:
             raise ValueError(f"the processes read {directory} as different steps ({steps}): nodes see different "
@@ -130,8 +138,8 @@ class Run:
 
     def train_step(self, batch):
         """One optimisation step on this process's slice, in train.gradient_accumulation_steps
-        micro-batches (DDP all-reduces the gradients once, after the last); returns the (device)
-        loss. Every random draw is made for the whole global batch from (seed, step) and sliced, so
+        micro-batches (DDP all-reduces the gradients once, after the last); returns the step's
+        losses on the device: loss (the objective's, plus REPA's when on) and repa_loss. Every random draw is made for the whole global batch from (seed, step) and sliced, so
         a step is the same for any number of processes and micro-batches, up to float rounding."""
         cfg, acc = self.config, self.accelerator
         device, n_global = acc.device, cfg.train.global_batch_size
@@ -149,26 +157,36 @@ class Run:
         # latents: a fresh draw from the VAE posterior, as DiT encodes per step
         posterior = share(torch.randn(shape, device=device, generator=generator)) if self.dataset.posterior else None
         micro_batches = cfg.train.gradient_accumulation_steps
-        total = torch.zeros((), device=device)
+        totals = {name: torch.zeros((), device=device) for name in (("loss",) if self.repa is None else
+                                                                     ("loss", "repa_loss"))}
         for i in range(micro_batches):
             part = slice(i * self.micro_batch, (i + 1) * self.micro_batch)
             x = x_all[part].to(device, non_blocking=True)
             y = batch["y"][part].to(device, non_blocking=True)
             if posterior is not None:
                 x = x[:, 0] + x[:, 1] * posterior[part]
-            with nullcontext() if i == micro_batches - 1 else acc.no_sync(self.model):
+            with ExitStack() as no_sync:
+                if i < micro_batches - 1:
+                    for module in self.trained:
+                        no_sync.enter_context(acc.no_sync(module))
                 losses = self.objective.training_losses(self.model, x, t[part], noise[part], y=y, drop_labels=drop[part])
-                loss = losses["loss"].mean() / micro_batches
+                loss = losses["loss"]
+                if self.repa is not None:
+                    stored = batch["z"][part] if "z" in batch else None
+                    alignment = self.repa.loss(self.projector, self.repa.features(stored, x))
+                    loss = loss + alignment
+                    totals["repa_loss"] += alignment.detach().mean() / micro_batches
+                loss = loss.mean() / micro_batches
                 acc.backward(loss)
-            total += loss.detach()
+            totals["loss"] += loss.detach()
         if cfg.train.grad_clip is not None:
-            acc.clip_grad_norm_(self.model.parameters(), cfg.train.grad_clip)
+            acc.clip_grad_norm_([p for module in self.trained for p in module.parameters()], cfg.train.grad_clip)
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         update_ema(self.ema, acc.unwrap_model(self.model), cfg.train.ema_decay)
         self.step += 1
-        return total
+        return totals
 
     def memory_problem(self, capacity):
         """Why a step will not fit in capacity bytes of device memory (estimated from the model and
@@ -244,11 +262,11 @@ def _train(config, accelerator, channel, output, resume, on_sample):
     bar = tqdm(total=max_steps, initial=run.step, desc="train", disable=not accelerator.is_main_process)
     with bar, GracefulStop("the current step, with a checkpoint") as stop:
         for batch in run.loader():
-            loss = run.train_step(batch)
-            # Bookkeeping stays where it is (the loss on the device, the loader's counts on the host):
+            losses = run.train_step(batch)
+            # Bookkeeping stays where it is (the losses on the device, the loader's counts on the host):
             # no host sync and no collective until a log, checkpoint or stop-check step.
-            metrics.add(loss, batch.get("skipped"))
-            first_bad = torch.where((first_bad == 0) & ~torch.isfinite(loss), run.step, first_bad)
+            metrics.add(losses, batch.get("skipped"))
+            first_bad = torch.where((first_bad == 0) & ~torch.isfinite(losses["loss"]), run.step, first_bad)
             bar.update(1)
             at_end = run.step == max_steps
             logging_now = run.step % log.log_every == 0 or at_end

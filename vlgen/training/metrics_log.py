@@ -37,12 +37,13 @@ def read_records(path):
 
 class MetricsLog:
     """The metrics file and the open window of a run (kept on the device: no host sync between
-    logging steps)."""
+    logging steps). A record has the window's mean of each loss a step returns (loss, and
+    repa_loss when representation alignment is on)."""
 
     def __init__(self, output_dir, device, write):
         self.path = Path(output_dir) / METRICS_FILE
-        self.write = write  # the main process writes
-        self.loss_sum = torch.zeros((), device=device)
+        self.write, self.device = write, device  # the main process writes
+        self.loss_sums = {}
         self.window_steps = 0
         self.skipped_total = torch.zeros((), dtype=torch.long)  # on the host, where the loader counts
 
@@ -52,31 +53,37 @@ class MetricsLog:
             kept = [record for record in read_records(self.path) if record["step"] <= step]
             self.path.write_text("".join(json.dumps(record) + "\n" for record in kept))
         if window_state is not None:
-            self.loss_sum.copy_(window_state["loss_sum"])
+            # checkpoints of earlier versions kept the one loss as loss_sum
+            sums = window_state.get("loss_sums", {"loss": window_state.get("loss_sum")})
+            self.loss_sums = {name: value.to(self.device) for name, value in sums.items()}
             self.window_steps = int(window_state["window_steps"])
             self.skipped_total.fill_(int(window_state["skipped_total"]))
 
-    def add(self, loss, skipped=None):
-        """One step's loss (a device tensor) and the loader's per-sample counts of skipped images (a
-        host tensor, or None), added where they are: no transfer."""
-        self.loss_sum += loss
+    def add(self, losses, skipped=None):
+        """One step's losses (a dict of device tensors) and the loader's per-sample counts of skipped
+        images (a host tensor, or None), added where they are: no transfer."""
+        for name, value in losses.items():
+            self.loss_sums[name] = self.loss_sums[name] + value if name in self.loss_sums else value.clone()
         self.window_steps += 1
         if skipped is not None:
             self.skipped_total += skipped.sum()
 
+    def _mean_sums(self, accelerator):
+        return {name: accelerator.reduce(value, reduction="mean") for name, value in self.loss_sums.items()}
+
     def window_state(self, accelerator):
-        """What a checkpoint keeps of the open window (the loss sum averaged over processes)."""
-        return {"loss_sum": accelerator.reduce(self.loss_sum, reduction="mean").cpu(),
+        """What a checkpoint keeps of the open window (the loss sums averaged over processes)."""
+        return {"loss_sums": {name: value.cpu() for name, value in self._mean_sums(accelerator).items()},
                 "window_steps": self.window_steps, "skipped_total": int(self.skipped_total)}
 
     def close_window(self, accelerator, step, lr, images_per_s):
         """Append the record of the window ending at `step`; returns it."""
-        mean_loss = accelerator.reduce(self.loss_sum, reduction="mean").item() / self.window_steps
-        record = {"step": step, "loss": mean_loss, "lr": lr, "images_per_s": images_per_s,
+        means = {name: value.item() / self.window_steps for name, value in self._mean_sums(accelerator).items()}
+        record = {"step": step, **means, "lr": lr, "images_per_s": images_per_s,
                   "skipped_images": int(self.skipped_total), "mixed_precision": accelerator.mixed_precision}
         if self.write:
             with self.path.open("a") as file:
                 file.write(json.dumps(record) + "\n")
-        self.loss_sum.zero_()
+        self.loss_sums = {}
         self.window_steps = 0
         return record

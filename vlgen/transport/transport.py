@@ -7,12 +7,12 @@ import torch
 
 from vlgen.core.choices import check_choice
 from vlgen.core.reductions import mean_flat
+from vlgen.core.times import check_time_sampling, unit_times
 from vlgen.transport.paths import PATHS, expand_like
 
 PREDICTIONS = ("velocity", "score", "noise")
 DEFAULT_PREDICTION = "velocity"  # SiT's
 LOSS_WEIGHTS = (None, "velocity", "likelihood")
-TIME_SAMPLINGS = ("uniform", "logit-normal")
 
 
 def _default_eps(path, prediction):
@@ -46,9 +46,7 @@ class Transport:
         if loss_weight is not None and prediction == "velocity":
             raise ValueError("loss_weight applies to score and noise predictions; velocity prediction trains the "
                              "plain velocity MSE (as SiT does): set loss_weight=None")
-        check_choice("time_sampling", time_sampling, TIME_SAMPLINGS)
-        if not logit_std > 0:
-            raise ValueError(f"logit_std must be positive, got {logit_std}")
+        check_time_sampling(time_sampling, logit_std)
         default_train, default_sample = _default_eps(path, prediction)
         train_eps = default_train if train_eps is None else float(train_eps)
         sample_eps = default_sample if sample_eps is None else float(sample_eps)
@@ -97,11 +95,7 @@ class Transport:
         """Training times in the training interval: uniform, or logit-normal mapped onto it."""
         t0, t1 = self.interval(training=True)
         gen_device = generator.device if generator is not None else device
-        if self.time_sampling == "uniform":
-            u = torch.rand(batch_size, generator=generator, device=gen_device)
-        else:
-            z = torch.randn(batch_size, generator=generator, device=gen_device)
-            u = torch.sigmoid(self.logit_mean + self.logit_std * z)
+        u = unit_times(batch_size, generator, gen_device, self.time_sampling, self.logit_mean, self.logit_std)
         return (t0 + (t1 - t0) * u).to(device)
 
     def training_losses(self, model, x1, t=None, noise=None, **model_kwargs):

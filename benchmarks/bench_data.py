@@ -34,13 +34,13 @@ def synthetic_latents(out, count, shard_size=1024):
     generator = torch.Generator().manual_seed(0)
     for number, start in enumerate(range(0, count, shard_size)):
         n = min(shard_size, count - start)
-        moments = torch.randn(n, 2, 4, 32, 32, generator=generator)
-        parts = [(moments, torch.randn(n, 2, 4, 32, 32, generator=generator), torch.randint(0, 1000, (n,)),
-                  torch.arange(start, start + n))]
-        latents_module._write_shard(shard_path(out, number), parts, 0, "float32", True)
+        parts = [{"moments": torch.randn(n, 2, 4, 32, 32, generator=generator),
+                  "moments_flip": torch.randn(n, 2, 4, 32, 32, generator=generator),
+                  "labels": torch.randint(0, 1000, (n,)), "indices": torch.arange(start, start + n)}]
+        latents_module._write_shard(shard_path(out, number), parts, 0, "float32")
     settings = {"format": latents_module.FORMAT, "data": "synthetic", "vae": "none", "vae_subfolder": None,
                 "resolution": 256, "flip": True, "dtype": "float32", "shard_size": shard_size}
-    latents_module._finish(out, settings, [str(i) for i in range(1000)], 0.18215, 0.0, None, 256, "cpu")
+    latents_module._finish(out, settings, [str(i) for i in range(1000)], 0.18215, 0.0, None)
 
 
 def loader_rate(directory, workers, batches=30, global_batch=256):

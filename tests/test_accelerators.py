@@ -18,7 +18,7 @@ from vlgen.diffusion import create_diffusion
 from vlgen.models import VisionLLaMADenoiser
 from vlgen.models.attention import Attention
 from vlgen.models.blocks import token_norm
-from vlgen.models.encoders import load_encoder
+from vlgen.tasks.encoders import load_encoder
 from vlgen.models.registry import model_name
 from vlgen.objectives import create_objective
 from vlgen.sampling import sample_ode, sample_sde
@@ -131,10 +131,10 @@ def test_latents_carry_the_encoders_features_for_repa(tmp_path):
     tiny_vae(tmp_path / "vae")
     encoder_dir = small_classifier(tmp_path / "encoder")
     meta = extract_latents(Accelerator(cpu=True), root, str(tmp_path / "vae"), tmp_path / "latents", resolution=16,
-                           batch_size=2, progress=False, encoder=encoder_dir)
+                           batch_size=2, progress=False, encoder=load_encoder(encoder_dir))
     assert meta["encoder"] == {"spec": encoder_dir, "dim": 24}
     dataset = LatentDataset(tmp_path / "latents")
-    encoder = load_encoder(encoder_dir)
+    encoder = load_encoder(encoder_dir)  # the same weights, loaded again
     from vlgen.data.images import ImageDataset
 
     images = ImageDataset(root, 16)
@@ -252,3 +252,49 @@ def test_shifted_samplers_step_on_the_shifted_grid_and_stay_exact():
         sample_ode(denoise, transport, noise, method="dopri5", time_shift=3.0, progress=False)
     with pytest.raises(ValueError, match="time shift must be positive"):
         sample_sde(denoise, transport, noise, num_steps=4, time_shift=0.0, progress=False)
+
+
+HUBCONF = '''
+import torch
+
+
+class _Patches(torch.nn.Module):
+    embed_dim, patch_size = 6, 14
+
+    def __init__(self):
+        super().__init__()
+        self.proj = torch.nn.Conv2d(3, 6, 14, 14)
+
+    def forward_features(self, x):
+        self.seen = x
+        return {"x_norm_patchtokens": self.proj(x).flatten(2).transpose(1, 2)}
+
+
+def dinov2_vits14():
+    return _Patches()
+'''
+
+
+def test_dinov2_loads_from_a_local_copy_of_its_hub_repository_with_repas_preprocessing(tmp_path):
+    (tmp_path / "dinov2").mkdir()
+    (tmp_path / "dinov2" / "hubconf.py").write_text(HUBCONF)
+    encoder = load_encoder(str(tmp_path / "dinov2" / "dinov2_vits14"))
+    images = torch.rand(2, 3, 32, 32) * 2 - 1
+    features = encoder(images)
+    assert encoder.dim == 6 and features.shape == (2, 6, 16, 16)  # 224 px: 16 x 16 patches of 14 px
+    seen = encoder.network.seen
+    assert seen.shape == (2, 3, 224, 224)
+    # (x + 1) / 2 in [0, 1], then ImageNet's mean and standard deviation (bicubic resizing commutes with them)
+    expected = torch.nn.functional.interpolate((images + 1) / 2, size=(224, 224), mode="bicubic", align_corners=False)
+    mean, std = torch.tensor([0.485, 0.456, 0.406])[:, None, None], torch.tensor([0.229, 0.224, 0.225])[:, None, None]
+    torch.testing.assert_close(seen, (expected - mean) / std)
+    assert encoder(torch.zeros(1, 3, 512, 512)).shape == (1, 6, 32, 32)  # 448 px for 512 px images, as REPA
+
+
+def test_an_unavailable_dinov2_is_an_error_naming_the_offline_ways(monkeypatch):
+    def offline(*args, **kwargs):
+        raise OSError("Temporary failure in name resolution")
+
+    monkeypatch.setattr(torch.hub, "load", offline)
+    with pytest.raises(FileNotFoundError, match=r"hub cache|\$TORCH_HOME/hub.*local copy"):
+        load_encoder("dinov2_vitb14")

@@ -22,7 +22,7 @@ LAYERS = {
     "vlgen.evaluation": 2,  # FID and the judge's generation metrics
     "vlgen.objectives": 3,  # the interface both objectives implement, built from settings
     "vlgen.sampling": 3,  # samplers over denoise(x, t, **cond)
-    "vlgen.tasks": 3,  # perception heads and their training
+    "vlgen.tasks": 3,  # perception heads and their training, frozen encoders for REPA
     "vlgen.training": 4,  # the accelerate training loop
     "vlgen.pipelines": 4,  # diffusers pipelines
     "vlgen.commands": 5,  # the `vlgen` command and its subcommands

@@ -31,6 +31,12 @@ OFFICIAL = {
     "sit-ode": dict(sampler="ode", num_inference_steps=None, guidance_scale=1.5, guided_channels=3, dtype="float32",
                     tf32=True, num_samples=50_000, class_labels="random",
                     options=dict(method="dopri5", atol=1e-6, rtol=1e-3)),
+    # LightningDiT's inference.py and configs: ODE euler, num_sampling_steps 250 time points,
+    # timestep_shift 0.3 on t (the SD3 shift 1 / 0.3 on the noise level), cfg_interval_start 0.11,
+    # cfg_scale 6.7 (800 epochs), forward_with_cfg guiding model_out[:, :3], allow_tf32 True.
+    "lightningdit": dict(sampler="ode", num_inference_steps=249, guidance_scale=6.7, guided_channels=3,
+                         guidance_interval=(0.11, 1.0), dtype="float32", tf32=True, num_samples=50_000,
+                         class_labels="random", options=dict(method="euler", shift=1 / 0.3)),
 }
 FLAGS = ("num_samples", "guidance_scale", "guided_channels", "guidance_interval", "num_inference_steps", "sampler",
          "dtype", "tf32", "class_labels")
@@ -95,7 +101,7 @@ def test_the_protocol_reaches_the_pipeline(name, pipelines, tmp_path, monkeypatc
     scheduler, config, dtype, guidance, channels, _ = calls[0]
     assert scheduler is (DDPMSampler if kind == "ddpm" else FlowSampler) and config["sampler"] == expected["sampler"]
     assert all(config[key] == value for key, value in expected["options"].items())
-    assert (dtype, guidance, channels) == (torch.float32, 1.5, 3)
+    assert (dtype, guidance, channels) == (torch.float32, expected["guidance_scale"], 3)
     assert seen_tf32[0] == ("tf32" if expected["tf32"] else "ieee")
     record = json.loads(out.with_suffix(".json").read_text())
     assert record["settings"]["protocol"] == name and record["settings"]["guided_channels"] == 3

@@ -29,6 +29,24 @@ def test_the_512_configs_are_the_256_recipe_on_512_latents_for_3m_steps(run):
         base.model, base.objective, base.train.lr, base.train.global_batch_size)
 
 
+@pytest.mark.parametrize("variant, changed", [
+    ("repa", {"repa": {"encoder": "dinov2_vitb14", "block": 8, "coefficient": 0.5, "projector_dim": 2048}}),
+    ("lightning", {"model": {"norm": "rmsnorm", "qk_norm": True}, "objective": {"time_sampling": "logit-normal"},
+                   "train": {"betas": (0.9, 0.95)}})])
+def test_the_accelerator_configs_are_the_sit_llama_recipe_plus_their_options(variant, changed):
+    base = load_config(CONFIGS / "imagenet256" / "sit-llama-xl-2.yaml").to_dict()
+    config = load_config(CONFIGS / "imagenet256" / f"sit-llama-xl-2-{variant}.yaml")
+    check_config(config)
+    values = config.to_dict()
+    assert values["logging"].pop("output_dir") == f"results/sit-llama-xl-2-{variant}"
+    base["logging"].pop("output_dir")
+    for section, keys in changed.items():
+        for key, value in keys.items():
+            assert values[section].pop(key) == value
+            base[section].pop(key)
+    assert values == base  # nothing else differs
+
+
 def test_defaults_are_a_small_shapes_run():
     config = load_config()
     assert config == Config()

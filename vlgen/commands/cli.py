@@ -124,15 +124,18 @@ def _cmd_extract_latents(args):
 
     from vlgen.core.precision import set_tf32
     from vlgen.data.latents import extract_latents
+    from vlgen.tasks.encoders import load_encoder
 
     set_tf32(args.tf32)
     source_options = {"image_column": args.image_column, "label_column": args.label_column, "split": args.split}
     if args.streaming:
         source_options["streaming"] = True
-    meta = extract_latents(Accelerator(), args.data, args.vae, args.out, resolution=args.resolution,
+    accelerator = Accelerator()
+    encoder = None if args.encoder is None else load_encoder(args.encoder, accelerator.device)
+    meta = extract_latents(accelerator, args.data, args.vae, args.out, resolution=args.resolution,
                            batch_size=args.batch_size, flip=args.flip, dtype=args.dtype, num_workers=args.num_workers,
                            vae_subfolder=args.vae_subfolder or None, skip_bad=args.skip_bad, shard_size=args.shard_size,
-                           data_format=args.format, source_options=source_options, encoder=args.encoder)
+                           data_format=args.format, source_options=source_options, encoder=encoder)
     if meta is not None:
         skipped = f", {meta['skipped']:,} unreadable images skipped" if meta["skipped"] else ""
         print(f"wrote {args.out}: {meta['count']:,} images -> latents {tuple(meta['latent_shape'])} (scaling "

@@ -1,5 +1,5 @@
 """`vlgen sample --pipeline DIR --num-samples 50000 --batch-size 64 --out samples.npz` (FID-50K input;
-sharded under `accelerate launch -m vlgen sample ...`; `--protocol dit|visionllama|sit-sde|sit-ode`
+sharded under `accelerate launch -m vlgen sample ...`; `--protocol dit|visionllama|sit-sde|sit-ode|lightningdit`
 sets everything a paper's evaluation set), or `vlgen sample --pipeline DIR --grid grid.png`.
 
 Sample i has class label i % num_classes (balanced; or one drawn uniformly from (--seed, i)) and

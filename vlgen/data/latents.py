@@ -31,7 +31,6 @@ from vlgen.core.host_channel import HostChannel
 from vlgen.core.output_dir import open_resumable
 from vlgen.data.images import center_crop_arr, pil_to_tensor
 from vlgen.data.sources import open_source
-from vlgen.models.encoders import encode_patches, load_encoder
 from vlgen.models.vae import latent_scaling, load_vae
 
 META, SETTINGS = "meta.json", "extraction.json"
@@ -73,7 +72,7 @@ def _encode(vae, encoder, images, flip, scale, shift):
         posterior = vae.encode(view).latent_dist
         encoded["moments" + suffix] = torch.stack([(posterior.mean - shift) * scale, posterior.std * scale], dim=1)
         if encoder is not None:
-            encoded["features" + suffix] = encode_patches(encoder, view)
+            encoded["features" + suffix] = encoder(view).float()
     return {key: value.cpu() for key, value in encoded.items()}
 
 
@@ -98,7 +97,7 @@ def extract_latents(accelerator, data, vae_name, out_dir, *, resolution=256, bat
                     dtype="float32", num_workers=0, vae_subfolder=None, skip_bad=False, shard_size=1024,
                     data_format=None, source_options=None, encoder=None, progress=True, channel=None):
     """Encode every image of a source (vlgen.data.sources) with the VAE (and an encoder of
-    vlgen.models.encoders, when given: its spec) into out_dir, shard by shard over the processes;
+    vlgen.tasks.encoders.load_encoder, when given) into out_dir, shard by shard over the processes;
     run again after an interruption, it keeps the shards written and writes the rest. Returns the
     meta dict."""
     if dtype not in DTYPES:
@@ -111,7 +110,8 @@ def extract_latents(accelerator, data, vae_name, out_dir, *, resolution=256, bat
     out_dir = Path(out_dir)
     settings = {"format": FORMAT, "data": str(data), "data_format": data_format, "source_options": source_options,
                 "vae": str(vae_name), "vae_subfolder": vae_subfolder, "resolution": resolution, "flip": flip,
-                "dtype": dtype, "shard_size": shard_size, "skip_bad": skip_bad, "encoder": encoder}
+                "dtype": dtype, "shard_size": shard_size, "skip_bad": skip_bad,
+                "encoder": None if encoder is None else encoder.spec}
     problem = None
     if accelerator.is_main_process:
         try:
@@ -125,8 +125,7 @@ def extract_latents(accelerator, data, vae_name, out_dir, *, resolution=256, bat
     vae = load_vae(vae_name, vae_subfolder, accelerator.device)
     scale, shift = latent_scaling(vae)
     rank, processes = accelerator.process_index, accelerator.num_processes
-    features = None if encoder is None else load_encoder(encoder, accelerator.device)
-    encode = _Encoder(vae, features, flip, scale, shift, dtype, accelerator.device)
+    encode = _Encoder(vae, encoder, flip, scale, shift, dtype, accelerator.device)
     if source.streaming:
         _extract_stream(source, resolution, skip_bad, shard_size, batch_size, out_dir, encode, rank, processes,
                         progress and accelerator.is_main_process)
@@ -146,7 +145,7 @@ def extract_latents(accelerator, data, vae_name, out_dir, *, resolution=256, bat
     meta = None
     if accelerator.is_main_process:
         meta = _finish(out_dir, settings, source.class_names, scale, shift,
-                       None if features is None else {"spec": encoder, "dim": features.dim})
+                       None if encoder is None else {"spec": encoder.spec, "dim": encoder.dim})
     channel.wait_for_main()
     return meta if meta is not None else json.loads((out_dir / META).read_text())
 

@@ -17,13 +17,13 @@ import yaml
 class ModelConfig:
     name: str = "SiT-LLaMA-S/4"  # a registered size (`vlgen models`)
     hidden_size: int | None = 128  # None: the named size's width, depth and heads
-    depth: int | None = 4
-    num_heads: int | None = 4
+    depth: int | None = 4  # blocks (None: the named size's)
+    num_heads: int | None = 4  # attention heads (None: the named size's)
     class_dropout_prob: float = 0.1  # labels dropped to the null class, for classifier-free guidance
     mlp_type: str | None = None  # None: the block's own MLP; "gelu" / "swiglu" gives it the other's (ablations)
     norm: str = "layernorm"  # the blocks' token normalisation: layernorm (DiT's) or rmsnorm (LightningDiT's)
     qk_norm: bool = False  # RMSNorm on each head's queries and keys (LightningDiT's)
-    gradient_checkpointing: bool = False
+    gradient_checkpointing: bool = False  # recompute each block in backward: less activation memory, ~1/3 more compute
     compile: bool = False  # torch.compile the denoiser (off: on CPU it pays little for its compile time)
 
 
@@ -36,10 +36,10 @@ class ObjectiveConfig:
     path: str = "Linear"  # flow: Linear, GVP or VP
     loss_weight: str | None = None  # flow, score/noise predictions: velocity or likelihood
     train_eps: float | None = None  # flow: None takes SiT's defaults
-    sample_eps: float | None = None
+    sample_eps: float | None = None  # flow: how far sampling stops short of the interval's ends (None: SiT's)
     time_sampling: str = "uniform"  # uniform or logit-normal (both objectives)
-    logit_mean: float = 0.0
-    logit_std: float = 1.0
+    logit_mean: float = 0.0  # logit-normal times: the mean m of sigmoid(m + s z)
+    logit_std: float = 1.0  # logit-normal times: the spread s
 
 
 @dataclass
@@ -47,9 +47,9 @@ class DataConfig:
     kind: str = "shapes"  # "shapes" (built in), "images" or "latents" (vlgen extract-latents)
     path: str | None = None  # images: class folder, parquet/arrow file or folder, hub id, or tar shards; latents: directory
     format: str | None = None  # images: folder, hf or webdataset (None: recognised from path)
-    image_column: str = "image"  # images from a Hugging Face dataset: its columns and split
-    label_column: str = "label"
-    split: str = "train"
+    image_column: str = "image"  # images from a Hugging Face dataset: the image column
+    label_column: str = "label"  # images from a Hugging Face dataset: the label column
+    split: str = "train"  # images from a Hugging Face dataset: the split
     latent_norm: str = "vae"  # latents: vae (the VAE's scaling) or channel (also per-channel mean and std, LightningDiT's)
     resolution: int = 32  # image side in pixels (shapes, images); latents carry their own
     num_samples: int = 10000  # shapes: dataset length
@@ -61,10 +61,10 @@ class DataConfig:
 @dataclass
 class TrainConfig:
     global_batch_size: int = 32  # summed over processes
-    max_steps: int = 2000
-    lr: float = 3e-4
-    weight_decay: float = 0.0
-    betas: tuple[float, float] = (0.9, 0.999)
+    max_steps: int = 2000  # optimisation steps of the whole run
+    lr: float = 3e-4  # AdamW learning rate (after warm-up)
+    weight_decay: float = 0.0  # AdamW weight decay
+    betas: tuple[float, float] = (0.9, 0.999)  # AdamW betas (LightningDiT: [0.9, 0.95])
     warmup_steps: int = 0  # linear learning-rate warm-up, then constant
     grad_clip: float | None = None  # max gradient norm
     ema_decay: float = 0.995  # short runs: 0.995^2000 leaves no trace of the initial weights (0.999^2000 leaves 14%)
@@ -74,24 +74,26 @@ class TrainConfig:
     tf32: bool = True  # CUDA float32 matmuls and convolutions in TF32 (Ampere and later); false: IEEE float32
     gradient_accumulation_steps: int = 1  # micro-batches per process and step: the same run in less memory
     gradient_compression: str | None = None  # bf16 or fp16: DDP sends gradients at half width (slow interconnects)
-    seed: int = 0
+    seed: int = 0  # initial weights, data order and every random draw of the run
 
 
 @dataclass
 class LoggingConfig:
-    output_dir: str = "runs/shapes"
+    output_dir: str = "runs/shapes"  # checkpoints, metrics.jsonl, config.yaml, grids, tracker logs
     log_every: int = 50  # steps between loss / throughput records
     checkpoint_every: int = 500  # plus one at the end
     keep_checkpoints: int | None = None  # the newest N checkpoints stay, older ones are removed; None: all
     sample_every: int = 500  # sample-grid PNGs from the EMA model; 0 disables them
     sample_steps: int = 50  # sampler steps for the grid
-    sample_guidance_scale: float = 4.0
+    sample_guidance_scale: float = 4.0  # classifier-free guidance of the grids
     tracker: str | None = "tensorboard"  # tensorboard, wandb, mlflow, aim, comet_ml (installed), or None
 
 
 @dataclass
 class RepaConfig:
-    encoder: str | None = None  # None: off; a vlgen classifier directory, or a DINOv2 model (dinov2_vitb14, ...)
+    # None: off; a vlgen classifier directory, or a DINOv2 model through torch.hub (dinov2_vitb14, ...;
+    # PATH/dinov2_vitb14 with PATH a local copy of its repository)
+    encoder: str | None = None
     block: int = 8  # align the tokens after this many blocks (REPA's 8 of 28)
     coefficient: float = 0.5  # weight of the alignment loss (REPA's lambda)
     projector_dim: int = 2048  # width of the MLP projector

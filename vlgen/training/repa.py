@@ -11,7 +11,7 @@ checkpointed with it, and left out of exports.
 from torch import nn
 from torch.nn import functional as F
 
-from vlgen.models.encoders import encode_patches, load_encoder
+from vlgen.tasks.encoders import encode_patches, load_encoder
 
 
 class RepaProjector(nn.Module):

@@ -121,11 +121,19 @@ class ClassConditionalPipeline(DiffusionPipeline):
                                         commit_message=commit_message, create_pr=create_pr)
 
     def use_sampler(self, name=None, **options):
-        """Make the scheduler component the sampler `name`, fitted to the model (see
-        vlgen.pipelines.schedulers.SCHEDULERS: "ddpm", "ddim", "dpm-solver++", ... for DDPM models;
-        "ode", "sde", "flow-euler", "flow-heun" for flow models), with options for its constructor
-        (name None: the current scheduler with these options). The same as
-        `pipe.scheduler = X.from_config(pipe.scheduler.config, **options)`; returns the pipeline."""
+        """Make the scheduler component the sampler `name`, fitted to the model.
+
+        The same as `pipe.scheduler = X.from_config(pipe.scheduler.config, **options)`.
+
+        Args:
+            name: a name of vlgen.pipelines.schedulers.SCHEDULERS: "ddpm", "ddim", "dpm-solver++",
+                ... for DDPM models; "ode", "sde", "flow-euler", "flow-heun" for flow models. None:
+                keep the current scheduler and apply the options.
+            **options: arguments of the scheduler's constructor, e.g. `eta=0.5` for DDIM.
+
+        Returns:
+            The pipeline itself.
+        """
         if name is None:
             self.scheduler = with_options(self.scheduler, **options)
         else:
@@ -211,17 +219,29 @@ class ClassConditionalPipeline(DiffusionPipeline):
                  **removed):
         """Sample one image per class label with the scheduler component (`use_sampler` swaps it).
 
-        class_labels: ids or label names (one, or a list). guidance_scale: classifier-free guidance
-        (1 = the conditional model, no guidance). num_inference_steps: default the scheduler's own
-        (vlgen's samplers) or 20 (diffusers schedulers). generator: a torch.Generator, or a list
-        of one per image (each image then depends on its own generator only). height, width: in
-        pixels; default the trained size, other sizes use the auto-scaled 2D RoPE (AS2DRoPE).
-        latents: starting noise instead of drawing it. output_type: "pil", "np" (NHWC in [0, 1]),
-        "pt" (NCHW in [0, 1]) or "latent" (the raw samples, not decoded).
-        callback_on_step_end(pipe, i, t, {"latents": x}) -> dict: after each step of a diffusers
-        scheduler; a returned "latents" replaces x. guided_channels: how many leading channels to
-        guide (default all prediction channels; DiT's code guides 3). guidance_interval:
-        (t_low, t_high) of model timesteps where CFG applies.
+        Args:
+            class_labels: class ids or label names (one, or a list).
+            guidance_scale: classifier-free guidance scale (1: the conditional model, no guidance).
+            num_inference_steps: default the scheduler's own (vlgen's samplers) or 20 (diffusers
+                schedulers).
+            generator: a torch.Generator, or a list of one per image (each image then depends on
+                its own generator only).
+            height: in pixels; default the trained size, other sizes use AS2DRoPE.
+            width: in pixels; default the trained size.
+            latents: starting noise instead of drawing it.
+            output_type: "pil", "np" (NHWC in [0, 1]), "pt" (NCHW in [0, 1]) or "latent" (the raw
+                samples, not decoded).
+            return_dict: return an ImagePipelineOutput; False: a tuple (images,).
+            callback_on_step_end: `callback(pipe, i, t, {"latents": x}) -> dict`, called after each
+                step of a diffusers scheduler; a returned "latents" replaces x.
+            callback_on_step_end_tensor_inputs: the tensors the callback receives.
+            guided_channels: how many leading channels to guide (default all prediction channels;
+                DiT's code guides 3).
+            guidance_interval: (t_low, t_high) of model timesteps where guidance applies.
+            **removed: sampler options of earlier versions; an error says where they went.
+
+        Returns:
+            ImagePipelineOutput: `.images` in the form output_type names.
         """
         if removed:
             moved = sorted(set(removed) & set(SAMPLER_OPTIONS))

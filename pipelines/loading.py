@@ -39,8 +39,19 @@ def create_pipeline(transformer, objective, class_names, vae=None, sampler=None,
 
 
 def load_pipeline(path, **kwargs):
-    """Whichever vlgen pipeline a directory holds (its model_index.json names the class);
-    kwargs go to from_pretrained (torch_dtype, ...)."""
+    """Load whichever vlgen pipeline a directory holds (its model_index.json names the class).
+
+    Args:
+        path: a pipeline directory (`vlgen export`, `save_pretrained`).
+        **kwargs: passed to from_pretrained (torch_dtype, ...).
+
+    Returns:
+        DiTLLaMAPipeline or SiTLLaMAPipeline.
+
+    Raises:
+        FileNotFoundError: path holds no model_index.json.
+        ValueError: model_index.json is damaged or names no vlgen pipeline.
+    """
     index = Path(path) / "model_index.json"
     if not index.is_file():
         raise FileNotFoundError(f"{path} is not a pipeline directory (no model_index.json); make one with "

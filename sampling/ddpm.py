@@ -21,8 +21,22 @@ def _predict(denoise, diffusion, x, i, clip_denoised, cond, finite):
 
 @torch.no_grad()
 def sample_ddpm(denoise, diffusion, noise, *, clip_denoised=False, generator=None, progress=True, **cond):
-    """Ancestral sampling: x_{t-1} = mean + exp(log_var / 2) * z from x_T = noise, every step of
-    the (respaced) process; no noise is added at the last step."""
+    """Ancestral sampling: x_{t-1} = mean + exp(log_var / 2) * z from x_T = noise.
+
+    Every step of the (respaced) process; no noise is added at the last step.
+
+    Args:
+        denoise: the model, denoise(x, t, **cond), t the process's integer timesteps.
+        diffusion: a GaussianDiffusion (`create_diffusion`), respaced for fewer steps.
+        noise: x_T, the starting Gaussian noise; its shape is the samples'.
+        clip_denoised: clip the predicted x_0 to [-1, 1] (DiT: no).
+        generator: a torch.Generator for the sampling noise (reproducible runs).
+        progress: show a progress bar.
+        **cond: passed to denoise on every call, e.g. y=labels.
+
+    Returns:
+        Tensor: the samples x_0.
+    """
     x, finite = noise, FiniteCheck()
     for i in _steps(diffusion, progress, "DDPM"):
         _, out = _predict(denoise, diffusion, x, i, clip_denoised, cond, finite)
@@ -33,8 +47,21 @@ def sample_ddpm(denoise, diffusion, noise, *, clip_denoised=False, generator=Non
 
 @torch.no_grad()
 def sample_ddim(denoise, diffusion, noise, *, eta=0.0, clip_denoised=False, generator=None, progress=True, **cond):
-    """DDIM (Song et al., eq. 12) over the (respaced) process; eta=0 is deterministic, eta=1
-    matches DDPM's posterior variance."""
+    """DDIM (Song et al., eq. 12) over the (respaced) process.
+
+    Args:
+        denoise: the model, denoise(x, t, **cond), t the process's integer timesteps.
+        diffusion: a GaussianDiffusion (`create_diffusion("ddim50")` for 50 DDIM steps).
+        noise: x_T, the starting Gaussian noise.
+        eta: 0 is deterministic; 1 matches DDPM's posterior variance.
+        clip_denoised: clip the predicted x_0 to [-1, 1].
+        generator: a torch.Generator for the sampling noise (reproducible runs).
+        progress: show a progress bar.
+        **cond: passed to denoise on every call, e.g. y=labels.
+
+    Returns:
+        Tensor: the samples x_0.
+    """
     if not eta >= 0:
         raise ValueError(f"DDIM's eta must be >= 0 (0: deterministic, 1: DDPM's posterior variance), got {eta}")
     x, finite = noise, FiniteCheck()

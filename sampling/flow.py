@@ -94,13 +94,24 @@ def _progress(progress, desc):
 @torch.no_grad()
 def sample_ode(denoise, transport, noise, *, method="dopri5", num_steps=50, atol=1e-6, rtol=1e-3, reverse=False,
                time_shift=1.0, progress=True, **cond):
-    """Integrate the probability-flow ODE dx/dt = v(x, t) from noise to data over the transport's
-    sampling interval (reverse=True: data -> noise, to encode).
+    """Integrate the probability-flow ODE dx/dt = v(x, t) from noise to data (torchdiffeq).
 
-    method: an adaptive torchdiffeq solver ("dopri5", SiT's default, controlled by atol/rtol) or a
-    fixed-step one ("euler", "heun", "midpoint", "rk4", ...) taking num_steps steps of equal size
-    (SiT's own code takes num_steps - 1), or with time_shift > 1 steps crowded at the noise end
-    (`time_grid`; LightningDiT samples with it).
+    Args:
+        denoise: the model, denoise(x, t, **cond), t flow times in [0, 1] (1: data).
+        transport: a Transport: the path, the prediction and the sampling interval.
+        noise: the starting Gaussian noise (with reverse=True: the data to encode).
+        method: an adaptive solver ("dopri5", SiT's default, controlled by atol and rtol) or a
+            fixed-step one ("euler", "heun", "midpoint", "rk4", ...).
+        num_steps: steps of a fixed-step solver (SiT's own code takes num_steps - 1).
+        atol: absolute tolerance of an adaptive solver.
+        rtol: relative tolerance of an adaptive solver.
+        reverse: integrate data -> noise instead (to encode).
+        time_shift: > 1 crowds the fixed steps at the noise end (`time_grid`; LightningDiT's 1/0.3).
+        progress: show a progress bar of the model calls.
+        **cond: passed to denoise on every call, e.g. y=labels.
+
+    Returns:
+        Tensor: the end point of the integration.
     """
     method = _ode_solver(method)
     _check_steps(num_steps, 1)
@@ -125,12 +136,28 @@ def sample_sde(denoise, transport, noise, *, method="euler", diffusion_form="sig
                **cond):
     """Integrate the reverse SDE dx = [v + w_t s] dt + sqrt(2 w_t) dW from noise to data, as SiT.
 
-    method: "euler" (Euler-Maruyama) or "heun" (noise first, then a Heun step on the drift).
-    diffusion_form / diffusion_norm: w_t, one of DIFFUSION_FORMS ("sigma" is SiT's default).
     num_steps time points span [t0, t1 = 1 - last_step_size]: num_steps - 1 stochastic steps, then
-    a last step of size last_step_size without noise: "mean" (drift step), "tweedie" (the
-    posterior mean E[x1 | x_t]), "euler" (velocity step) or None (no last step; then t1 = 1 - eps).
-    Each step evaluates the model once (twice for Heun): velocity and score come from one output.
+    a last step of size last_step_size without noise. Each step evaluates the model once (twice for
+    Heun): velocity and score come from one output.
+
+    Args:
+        denoise: the model, denoise(x, t, **cond), t flow times in [0, 1] (1: data).
+        transport: a Transport: the path, the prediction and the sampling interval.
+        noise: the starting Gaussian noise.
+        method: "euler" (Euler-Maruyama) or "heun" (noise first, then a Heun step on the drift).
+        diffusion_form: w_t, one of DIFFUSION_FORMS ("sigma" is SiT's default).
+        diffusion_norm: the scale of w_t.
+        last_step: "mean" (drift step), "tweedie" (the posterior mean E[x1 | x_t]), "euler"
+            (velocity step) or None (no last step; then t1 = 1 - eps).
+        last_step_size: the size of the last, noiseless step.
+        num_steps: time points of the integration.
+        time_shift: > 1 crowds the steps at the noise end (`time_grid`).
+        generator: a torch.Generator for the Brownian increments (reproducible runs).
+        progress: show a progress bar.
+        **cond: passed to denoise on every call, e.g. y=labels.
+
+    Returns:
+        Tensor: the samples.
     """
     method = method.lower()
     last_step = last_step.lower() if isinstance(last_step, str) else last_step

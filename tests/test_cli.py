@@ -129,3 +129,17 @@ def test_the_parsers_choices_are_the_commands_own():
     from vlgen.commands import defaults, demo
 
     assert set(defaults.DEMO_FRAMEWORKS) == set(demo.FRAMEWORKS)
+
+
+def test_errors_are_one_line_naming_the_traceback_switch_which_shows_the_full_one(capsys, monkeypatch):
+    from vlgen.commands.cli import main
+
+    monkeypatch.delenv("VLGEN_TRACEBACK", raising=False)
+    assert main(["train", "--set", "train.lrr=1"]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "unknown config key train.lrr" in lines[0] and "vlgen --traceback train" in lines[0]
+    with pytest.raises(ValueError, match="unknown config key train.lrr"):
+        main(["--traceback", "train", "--set", "train.lrr=1"])
+    monkeypatch.setenv("VLGEN_TRACEBACK", "1")
+    with pytest.raises(ValueError, match="unknown config key train.lrr"):
+        main(["train", "--set", "train.lrr=1"])

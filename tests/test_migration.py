@@ -1,4 +1,4 @@
-"""The vlgen side of every row of docs/migration.md, run on tiny models; the rows and the checks
+"""The vlgen side of every row of docs/guides/migration.md, run on tiny models; the rows and the checks
 are the same set."""
 import inspect
 import re
@@ -21,7 +21,7 @@ from vlgen.training import load_config
 from vlgen.transport import Transport
 
 ROOT = Path(__file__).resolve().parents[1]
-ROWS = re.findall(r"^\| `([a-z-]+)` \|", (ROOT / "docs" / "migration.md").read_text(), flags=re.MULTILINE)
+ROWS = re.findall(r"^\| `([a-z-]+)` \|", (ROOT / "docs" / "guides" / "migration.md").read_text(), flags=re.MULTILINE)
 CHECKS = {}
 
 

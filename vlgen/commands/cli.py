@@ -9,7 +9,8 @@ from vlgen.commands.defaults import DEMO_FRAMEWORKS, FID_BATCH, GRID_GUIDANCE_SC
 
 
 # Errors that come from the user's input or data: reported in one line, exit status 2.
-USER_ERRORS = (ValueError, OSError, FloatingPointError)
+USER_ERRORS = (ValueError, OSError, FloatingPointError)  # one line each, unless --traceback
+TRACEBACK_VARIABLE = "VLGEN_TRACEBACK"
 # `vlgen train-classifier` without --size: learns shapes in a few minutes on 2 CPU cores.
 SMALL_CLASSIFIER = dict(hidden_size=96, depth=3, num_heads=6)
 
@@ -284,6 +285,8 @@ def _threads_option():
 
 def build_parser():
     parser = argparse.ArgumentParser(prog="vlgen", description="VisionLLaMA diffusion transformers.")
+    parser.add_argument("--traceback", action="store_true", default=os.environ.get(TRACEBACK_VARIABLE) == "1",
+                        help=f"show an error's full traceback instead of one line (or set {TRACEBACK_VARIABLE}=1)")
     sub = parser.add_subparsers(dest="command", required=True)
     computes = [_threads_option()]
 
@@ -438,7 +441,10 @@ def _run(args):
         args.func(args)
         close_process_group()
     except USER_ERRORS as error:
-        print(f"vlgen {args.command}: error: {error}", file=sys.stderr)
+        if args.traceback:
+            raise
+        print(f"vlgen {args.command}: error: {error} (vlgen --traceback {args.command} ... shows where)",
+              file=sys.stderr)
         return 2
     except Stopped as stop:  # a graceful stop on SIGTERM / SIGINT, at a point that resumes
         print(f"vlgen {args.command}: {stop}", file=sys.stderr)

@@ -11,15 +11,20 @@ import torch
 
 def classifier_free_guidance(denoise, guidance_scale, null_label, guided_channels, interval=None, *,
                              prediction_channels=None):
-    """Return denoise_cfg(x, t, y) = uncond + s * (cond - uncond) on the guided channels.
+    """Wrap a denoiser in classifier-free guidance: uncond + s * (cond - uncond) on the guided channels.
 
-    denoise: the model, called as denoise(x, t, y). null_label: the unconditional class id (None
-    when the model has none: then only guidance_scale 1 works). guided_channels: how many leading
-    output channels to guide, the prediction channels (DiT's own code guides 3); the rest, e.g.
-    learned variance, come from the conditional half. prediction_channels: when given, the most
-    that may be guided (the model's in_channels). interval: optional (t_low, t_high) of model
-    timesteps (or flow times) outside which the conditional prediction is used unguided. At scale
-    1 the conditional model is returned as it is (no unconditional half).
+    Args:
+        denoise: the model, called as denoise(x, t, y).
+        guidance_scale: s; at 1 the conditional model is returned as it is (no unconditional half).
+        null_label: the unconditional class id (None when the model has none: then only scale 1 works).
+        guided_channels: how many leading output channels to guide, the prediction channels (DiT's
+            own code guides 3); the rest, e.g. learned variance, come from the conditional half.
+        interval: optional (t_low, t_high) of model timesteps (or flow times) outside which the
+            conditional prediction is used unguided.
+        prediction_channels: when given, the most channels that may be guided (the model's in_channels).
+
+    Returns:
+        A function denoise_cfg(x, t, y) with the model's output shape.
     """
     if not (isinstance(guidance_scale, numbers.Real) and math.isfinite(guidance_scale) and guidance_scale >= 0):
         raise ValueError(f"guidance_scale must be a finite number >= 0 (1 is the conditional model), "

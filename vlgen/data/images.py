@@ -29,12 +29,20 @@ def center_crop_arr(image, size):
 
 
 class ImageDataset:
-    """Items: dict(x=(3, resolution, resolution) in [-1, 1], y=class id, skipped=count). Indexed
-    by (index, flip). Reads any source that gives images by index (vlgen.data.sources: a class
-    folder, a Hugging Face dataset, WebDataset tar shards; data_format forces the form, the other
-    options choose the columns and split of a Hugging Face dataset). An unreadable image raises
-    with where it is, or with skip_bad the next readable image takes its place and `skipped`
-    counts the images passed over."""
+    """Images of any source that gives them by index, centre-cropped as ADM, indexed by (index, flip).
+
+    Items are dicts: x (3, resolution, resolution) in [-1, 1], y the class id, skipped the count
+    of unreadable images passed over. An unreadable image raises with where it is, or with
+    skip_bad the next readable image takes its place.
+
+    Args:
+        path: a class folder, a Hugging Face dataset (directory or hub id) or WebDataset tar
+            shards (vlgen.data.sources).
+        resolution: side of the square crop in pixels.
+        skip_bad: replace unreadable images instead of raising.
+        data_format: force the form of path ("folder", "hf", "webdataset") instead of detecting it.
+        **source_options: image_column, label_column and split of a Hugging Face dataset.
+    """
 
     channels = 3
     posterior = False

@@ -96,10 +96,34 @@ def _write_shard(path, parts, skipped, dtype):
 def extract_latents(accelerator, data, vae_name, out_dir, *, resolution=256, batch_size=32, flip=True,
                     dtype="float32", num_workers=0, vae_subfolder=None, skip_bad=False, shard_size=1024,
                     data_format=None, source_options=None, encoder=None, progress=True, channel=None):
-    """Encode every image of a source (vlgen.data.sources) with the VAE (and an encoder of
-    vlgen.tasks.encoders.load_encoder, when given) into out_dir, shard by shard over the processes;
-    run again after an interruption, it keeps the shards written and writes the rest. Returns the
-    meta dict."""
+    """Encode every image of a source with the VAE (and an encoder) into latent shards.
+
+    Shards are spread over the processes; run again after an interruption, it keeps the shards
+    written and writes the rest.
+
+    Args:
+        accelerator: an accelerate Accelerator (its processes share the shards).
+        data: an image source (vlgen.data.sources): class folder, Hugging Face dataset, tar shards.
+        vae_name: a VAE hub id or directory (e.g. "stabilityai/sd-vae-ft-ema").
+        out_dir: the output directory (shards, meta.json).
+        resolution: image side after ADM's centre crop.
+        batch_size: images per VAE call.
+        flip: also store the latents of each mirror image.
+        dtype: storage dtype of the latents: "float32", "bfloat16" or "float16".
+        num_workers: image-decoding processes.
+        vae_subfolder: the VAE's subfolder in a pipeline repository.
+        skip_bad: skip unreadable images (counted) instead of raising.
+        shard_size: images per shard file.
+        data_format: force the source's form instead of detecting it.
+        source_options: image_column, label_column, split, streaming of a Hugging Face dataset.
+        encoder: a frozen encoder (`vlgen.tasks.encoders.load_encoder`) whose patch features are
+            stored too, for REPA.
+        progress: show a progress bar.
+        channel: the host channel of the processes (default: a new one).
+
+    Returns:
+        dict: the meta.json contents (count, skipped, latent shape, per-channel statistics, ...).
+    """
     if dtype not in DTYPES:
         raise ValueError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
     if shard_size < 1 or batch_size < 1:
@@ -232,10 +256,19 @@ def _finish(out_dir, settings, class_names, scale, shift, encoder):
 
 
 class LatentDataset:
-    """Items: dict(x=(2, C, h, w) scaled posterior mean and std, y=class id, and z=(D, h', w') the
-    encoder's features when extracted with one), indexed by (index, flip); flip picks the latents
-    of the mirror image (extracted with flip=True), and only that variant is read. latent_norm "channel" normalises each channel by the dataset's mean and
-    standard deviation (meta.json). The index is numpy arrays: flat memory in every loader worker."""
+    """Latents written by `extract_latents`, indexed by (index, flip).
+
+    Items are dicts: x (2, C, h, w) the scaled posterior mean and std, y the class id, and z
+    (D, h', w') the encoder's features when extracted with one. flip picks the latents of the
+    mirror image (extracted with flip=True); only that variant is read. The index is numpy arrays:
+    flat memory in every loader worker.
+
+    Args:
+        root: the directory extract_latents wrote.
+        random_flip: sample the mirror variant half of the time (needs latents extracted with flip).
+        latent_norm: "vae" (the VAE's scaling only) or "channel" (each channel normalised by the
+            dataset's mean and standard deviation from meta.json).
+    """
 
     posterior = True
 

@@ -227,9 +227,22 @@ def create_diffusion(timestep_respacing="", noise_schedule="linear", diffusion_s
                      logit_mean=0.0, logit_std=1.0):
     """DiT's create_diffusion: linear 1000-step schedule, learned-range sigma by default.
 
-    timestep_respacing: "" (all steps), "250", "ddim50" or comma sections. Respacing keeps the
-    alpha-bar values of the kept steps and recomputes betas between them. time_sampling: how
-    training steps are drawn (uniform, DiT's; or logit-normal with logit_mean / logit_std)."""
+    Respacing keeps the alpha-bar values of the kept steps and recomputes the betas between them.
+
+    Args:
+        timestep_respacing: "" (all steps), "250", "ddim50" or comma-separated sections.
+        noise_schedule: "linear" (DiT's) or "cosine".
+        diffusion_steps: steps of the full process.
+        prediction: what the model predicts: "eps" (DiT's), "x0" or "v".
+        learn_sigma: the model predicts the variance too (learned range, trained with the VLB term).
+        sigma_small: without learn_sigma, the posterior variance instead of beta_t.
+        time_sampling: how training steps are drawn: "uniform" (DiT's) or "logit-normal".
+        logit_mean: mean of the logit-normal times.
+        logit_std: standard deviation of the logit-normal times.
+
+    Returns:
+        GaussianDiffusion: the objective and the process the DDPM samplers step through.
+    """
     betas = beta_schedule(noise_schedule, diffusion_steps)
     variance = "learned_range" if learn_sigma else ("fixed_small" if sigma_small else "fixed_large")
     kept = space_timesteps(diffusion_steps, timestep_respacing)

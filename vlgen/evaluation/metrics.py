@@ -154,15 +154,30 @@ def _warn_about_the_generated_set(source, generated, count, compared):
 def evaluate(generated, reference=None, metrics=("fid",), *, batch_size=50, device="cpu", inception_weights=None,
              num_workers=0, cache_dir="default", kid_subset_size=1000, kid_subsets=100, progress=True,
              extractor=None, clip_weights=None):
-    """Metrics of generated images against a reference; returns a dict of floats (vlgen's names;
-    `fidelity_keys` gives torch-fidelity's).
+    """Metrics of generated images against a reference, under the ADM protocol.
 
-    generated: an image folder, an ADM-format .npz (uint8 NHWC arr_0, streamed) or images in memory
-    (a uint8 (N, 3, H, W) tensor or an iterable of float batches in [-1, 1]).
-    reference: see `load_reference` (statistics .npz, images .npz, folder); not needed for "isc";
-    fd_dinov2 and cmmd need reference images. cache_dir: where reference statistics and features
-    computed from images are kept ("default": ~/.cache/vlgen or $VLGEN_CACHE_DIR; None: no cache).
     The inputs are checked before any network is loaded.
+
+    Args:
+        generated: an image folder, an ADM-format .npz (uint8 NHWC arr_0, streamed) or images in
+            memory (a uint8 (N, 3, H, W) tensor or an iterable of float batches in [-1, 1]).
+        reference: see `load_reference` (statistics .npz, images .npz, folder); not needed for
+            "isc"; fd_dinov2 and cmmd need reference images.
+        metrics: names of METRICS: fid, sfid, isc, kid, prc, fd_dinov2, cmmd.
+        batch_size: images per feature-network call.
+        device: where the feature networks run.
+        inception_weights: a local file of the FID Inception weights (default: torch-fidelity's download).
+        num_workers: image-decoding processes.
+        cache_dir: where reference statistics and features computed from images are kept
+            ("default": ~/.cache/vlgen or $VLGEN_CACHE_DIR; None: no cache).
+        kid_subset_size: images per KID subset.
+        kid_subsets: KID subsets.
+        progress: show progress bars.
+        extractor: the Inception feature extractor to use instead of loading one.
+        clip_weights: a local file of the CLIP weights for cmmd.
+
+    Returns:
+        dict: floats under vlgen's names (`fidelity_keys` gives torch-fidelity's).
     """
     metrics = parse_metrics(metrics)
     compared = [name for name in metrics if name != "isc"]

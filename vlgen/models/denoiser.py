@@ -34,18 +34,42 @@ def _one_of(name, value, alias, alias_value):
 
 
 class VisionLLaMADenoiser(ModelMixin, ConfigMixin):
-    """forward(x, t, y) -> prediction.
+    """The class-conditional diffusion transformer: `forward(x, t, y)` returns the prediction.
 
-    x: (N, in_channels, H, W) latents or images, H and W multiples of patch_size; t: (N,) or scalar
-    timesteps (integer DDPM steps or continuous flow times); y: (N,) integer labels in
-    [0, num_classes], where num_classes is the null class (needs class_dropout_prob > 0).
-    Output: (N, out_channels, H, W); out_channels = 2 * in_channels with learn_sigma (the second
-    half are the variance channels), unless discard_sigma keeps only the first half (SiT: the
-    final layer has the reference width, its variance half is never used).
+    In `forward`, x is (N, in_channels, H, W) latents or images with H and W multiples of
+    patch_size; t is (N,) or a scalar of timesteps (integer DDPM steps or continuous flow times);
+    y is (N,) integer labels in [0, num_classes], where num_classes is the null class (needs
+    class_dropout_prob > 0). The output is (N, out_channels, H, W). It also takes the call of
+    diffusers' DiTTransformer2DModel, `forward(hidden_states, timestep, class_labels,
+    return_dict=True)` returning `Transformer2DModelOutput(sample=...)`, with the same numbers, so
+    diffusers' DiTPipeline samples with it.
 
-    It also takes the call of diffusers' DiTTransformer2DModel, forward(hidden_states, timestep,
-    class_labels, return_dict=True) -> Transformer2DModelOutput(sample=...), with the same numbers,
-    and its config has out_channels: diffusers' DiTPipeline samples with it.
+    Args:
+        sample_size: the trained latent (or image) side; other sides use AS2DRoPE.
+        patch_size: the side of a patch (2, 4 or 8 in the named sizes).
+        in_channels: channels of x (4 for SD-VAE latents).
+        hidden_size: token width.
+        depth: number of blocks.
+        num_heads: attention heads per block.
+        block_type: "llama" (VisionLLaMA blocks: 2D RoPE, SwiGLU, no absolute position embedding)
+            or "dit" (the plain DiT block with sin-cos position embedding and a GELU MLP).
+        mlp_ratio: MLP hidden width over hidden_size (SwiGLU keeps LLaMA's 2/3 of it).
+        num_classes: class labels; the id num_classes is the null class of guidance.
+        class_dropout_prob: probability of replacing a training label by the null class.
+        learn_sigma: add the learned-variance channels after the prediction (DiT's learned sigma).
+        discard_sigma: keep the learned-sigma width of the final layer but return only the
+            prediction channels (SiT's networks).
+        rope_theta: RoPE base frequency.
+        rope_auto_scale: AS2DRoPE: scale the RoPE positions at sides other than sample_size.
+        norm_eps: epsilon of the attention branch's normalisation.
+        mlp_norm_eps: epsilon of the MLP branch's normalisation (default norm_eps).
+        frequency_embedding_size: sinusoidal width of the timestep embedding.
+        timestep_freq_shift: 0 spaces the timestep frequencies as DiT does, 1 as diffusers' DiT
+            (for checkpoints converted from diffusers).
+        mlp_type: "swiglu" or "gelu" to swap a block type's own MLP (ablations).
+        out_channels: diffusers' name for the output width; must agree with the other settings.
+        norm: "layernorm" or "rmsnorm" for the tokens' normalisation.
+        qk_norm: RMSNorm on each head's queries and keys.
     """
 
     _supports_gradient_checkpointing = True

@@ -27,7 +27,18 @@ MODEL_CONFIGS = {
 
 
 def model_config(name, **overrides):
-    """The constructor arguments of a named model, with overrides (e.g. sample_size, num_classes)."""
+    """The constructor arguments of a named model.
+
+    Args:
+        name: a named size, e.g. "SiT-LLaMA-XL/2" (`vlgen models` lists them).
+        **overrides: constructor arguments that replace the size's, e.g. sample_size, num_classes.
+
+    Returns:
+        dict: keyword arguments of `VisionLLaMADenoiser`.
+
+    Raises:
+        ValueError: the name is unknown (the message suggests close ones).
+    """
     if name not in MODEL_CONFIGS:
         close = difflib.get_close_matches(name, MODEL_CONFIGS, n=3)
         hint = f"; did you mean {', '.join(close)}?" if close else ""
@@ -45,5 +56,13 @@ def model_name(config):
 
 
 def create_model(name, **overrides):
-    """Build a named denoiser, e.g. create_model("DiT-LLaMA-XL/2", sample_size=32, num_classes=1000)."""
+    """Build a named denoiser, e.g. `create_model("DiT-LLaMA-XL/2", sample_size=32, num_classes=1000)`.
+
+    Args:
+        name: a named size (`vlgen models` lists them with their parameter counts).
+        **overrides: constructor arguments of `VisionLLaMADenoiser` that replace the size's.
+
+    Returns:
+        VisionLLaMADenoiser: freshly initialised (adaLN-Zero: the blocks start as identities).
+    """
     return VisionLLaMADenoiser(**model_config(name, **overrides))

@@ -11,7 +11,12 @@ from vlgen.tasks.fitting import fit
 
 
 class VisionLLaMAClassifier(ModelMixin, ConfigMixin):
-    """forward(images) -> logits (N, num_classes). backbone_config: VisionLLaMA's constructor arguments."""
+    """An image classifier on a VisionLLaMA backbone: forward(images) returns logits (N, num_classes).
+
+    Args:
+        num_classes: classes of the head.
+        backbone_config: VisionLLaMA's constructor arguments (image_size, patch_size, widths, ...).
+    """
 
     @register_to_config
     def __init__(self, num_classes: int = 1000, backbone_config: dict | None = None):

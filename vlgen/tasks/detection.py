@@ -47,9 +47,23 @@ class DetectionBackbone(nn.Module):
 
 def create_detector(num_classes, backbone_type="pyramid", backbone_config=None, image_size=224, fpn_channels=64,
                     box_head_size=256, **faster_rcnn_options):
-    """A torchvision FasterRCNN on a VisionLLaMA backbone for image_size x image_size images in
-    [-1, 1] (no resizing, no extra normalisation). num_classes: object classes, background excluded.
-    faster_rcnn_options go to FasterRCNN (e.g. fewer proposals for small images: SMALL_IMAGE_OPTIONS)."""
+    """A torchvision FasterRCNN on a VisionLLaMA backbone.
+
+    Args:
+        num_classes: object classes, background excluded.
+        backbone_type: "pyramid" (PyramidVisionLLaMA) or "plain" (VisionLLaMA with a simple
+            feature pyramid).
+        backbone_config: the backbone's constructor arguments.
+        image_size: the side of the square images in [-1, 1] (no resizing, no extra normalisation).
+        fpn_channels: channels of the feature pyramid.
+        box_head_size: width of the box head's MLP.
+        **faster_rcnn_options: passed to FasterRCNN (e.g. fewer proposals for small images:
+            SMALL_IMAGE_OPTIONS).
+
+    Returns:
+        FasterRCNN: in training mode, forward(images, targets) returns losses; in eval mode,
+        forward(images) returns boxes, labels and scores per image.
+    """
     if num_classes < 1:
         raise ValueError(f"num_classes must be a positive integer, got {num_classes}")
     backbone = DetectionBackbone(backbone_type, {"image_size": image_size, **(backbone_config or {})}, fpn_channels)

@@ -65,9 +65,22 @@ class DinoV2Encoder(nn.Module):
 
 
 def load_encoder(spec, device="cpu"):
-    """A frozen encoder in eval mode: a vlgen classifier directory, a DINOv2 name (DINOV2_MODELS,
-    through torch.hub) or PATH/NAME with PATH a local copy of the DINOv2 hub repository. Its `dim`
-    is the feature size and its `spec` the spec it was loaded from."""
+    """A frozen encoder in eval mode.
+
+    Args:
+        spec: a vlgen classifier directory (`vlgen train-classifier --out DIR`), a DINOv2 name
+            (DINOV2_MODELS, through torch.hub) or PATH/NAME with PATH a local copy of the DINOv2
+            hub repository.
+        device: where it runs.
+
+    Returns:
+        nn.Module: images in [-1, 1] (N, 3, H, W) -> patch features (N, D, h, w); its `dim` is D
+        and its `spec` the spec it was loaded from.
+
+    Raises:
+        ValueError: spec is none of these.
+        FileNotFoundError: DINOv2 could not be loaded (offline without its hub cache).
+    """
     path = Path(spec)
     if spec in DINOV2_MODELS:
         encoder = DinoV2Encoder(spec)

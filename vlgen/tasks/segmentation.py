@@ -51,9 +51,17 @@ class SemanticFPNHead(nn.Module):
 
 
 class VisionLLaMASegmenter(ModelMixin, ConfigMixin):
-    """forward(images (N, C, H, W)) -> per-pixel logits (N, num_classes, H, W). num_classes counts
-    every mask id, background included. backbone_type: "pyramid" (PyramidVisionLLaMA) or "plain"
-    (VisionLLaMA with a simple feature pyramid); backbone_config: its constructor arguments."""
+    """Semantic segmentation on a VisionLLaMA backbone with an FPN head.
+
+    forward(images (N, C, H, W)) returns per-pixel logits (N, num_classes, H, W).
+
+    Args:
+        num_classes: every mask id, background included.
+        backbone_type: "pyramid" (PyramidVisionLLaMA) or "plain" (VisionLLaMA with a simple
+            feature pyramid).
+        backbone_config: the backbone's constructor arguments.
+        head_channels: channels of the FPN head.
+    """
 
     @register_to_config
     def __init__(self, num_classes: int = 150, backbone_type: str = "pyramid", backbone_config: dict | None = None,

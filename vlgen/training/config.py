@@ -212,8 +212,18 @@ def parse_override(text):
 
 
 def load_config(path=None, overrides=()):
-    """Config from an optional YAML file plus dotted overrides ('section.key=value', applied in
-    order). Missing keys keep their defaults."""
+    """Build a training Config from an optional YAML file plus dotted overrides.
+
+    Args:
+        path: a YAML config (`base: other.yaml` starts from another file), or None for the defaults.
+        overrides: 'section.key=value' strings, applied in order after the file.
+
+    Returns:
+        Config: missing keys keep their defaults.
+
+    Raises:
+        ValueError: an unknown key or a value of the wrong type, named.
+    """
     values = _read_yaml(path) if path is not None else {}
     for text in overrides:
         values = _merge(values, parse_override(text))

@@ -65,7 +65,16 @@ def _learning_rate_factor(warmup_steps):
 
 
 class Run:
-    """The objects of one training run, built from a Config on an Accelerator."""
+    """The objects of one training run, built from a Config on an Accelerator.
+
+    Its attributes: config, accelerator, model (prepared for the launch), ema, objective, optimizer,
+    repa (when configured) and step.
+
+    Args:
+        config: a Config (`load_config`).
+        accelerator: an accelerate Accelerator.
+        channel: the host channel of the processes (default: a new one).
+    """
 
     def __init__(self, config: Config, accelerator, channel=None):
         check_config(config)
@@ -208,10 +217,22 @@ def _first_bad_step(accelerator, first_bad):
 
 
 def train(config: Config, *, resume=None, on_sample=None):
-    """Train as configured. resume: None, 'latest' or a checkpoint directory. on_sample(run) is
-    called on every process every logging.sample_every steps and at the end (sample grids).
-    SIGTERM or SIGINT stops training after the current step with a checkpoint (raises Stopped).
-    Returns the Run."""
+    """Train as configured, on the processes of the current launch (accelerate).
+
+    SIGTERM or SIGINT stops training after the current step with a checkpoint.
+
+    Args:
+        config: a Config (`load_config`).
+        resume: None (start anew), "latest" or a checkpoint directory.
+        on_sample: on_sample(run), called on every process every logging.sample_every steps and at
+            the end (sample grids).
+
+    Returns:
+        Run: the model, EMA, objective and optimizer of the finished run.
+
+    Raises:
+        vlgen.core.signals.Stopped: a stop signal ended the run at a checkpoint that resumes.
+    """
     check_config(config)
     check_sharding_launcher()
     log = config.logging

@@ -27,14 +27,22 @@ def _default_eps(path, prediction):
 
 
 class Transport:
-    """path: "Linear", "GVP" or "VP". prediction: what the model outputs ("velocity", "score" or
-    "noise"). loss_weight: None, "velocity" or "likelihood" (score/noise predictions only, as in
-    SiT). train_eps / sample_eps: how far training and sampling times stay from the ends of [0, 1];
-    None takes SiT's defaults. time_sampling: "uniform" on the training interval, or "logit-normal"
-    (t = sigmoid(logit_mean + logit_std * z) mapped onto it).
+    """SiT's stochastic interpolants between noise (t = 0) and data (t = 1), as a training objective.
 
     Implements the objective interface of vlgen.objectives (kind, default_sampler, sample_times,
-    training_losses), as GaussianDiffusion does."""
+    training_losses), as GaussianDiffusion does.
+
+    Args:
+        path: "Linear", "GVP" or "VP".
+        prediction: what the model outputs: "velocity", "score" or "noise".
+        loss_weight: None, "velocity" or "likelihood" (score and noise predictions only, as in SiT).
+        train_eps: how far training times stay from the ends of [0, 1]; None takes SiT's default.
+        sample_eps: how far sampling times stay from the ends; None takes SiT's default.
+        time_sampling: "uniform" on the training interval, or "logit-normal"
+            (t = sigmoid(logit_mean + logit_std * z) mapped onto it).
+        logit_mean: mean of the logit-normal times.
+        logit_std: standard deviation of the logit-normal times.
+    """
 
     kind = "flow"
 

@@ -126,6 +126,9 @@ def test_an_arm_is_a_labelled_run_with_its_own_config_values(tmp_path):
         config["model"].pop("qk_norm"), config["model"].pop("norm")
     assert plain == arm  # every other value as the plain run's, --set included
     assert _settings("--models", "", "--arm", "a=model.name=SiT-S/2")["models"] == ["a"]  # --arm alone
+    betas = _settings("--arm", "b=model.name=SiT-S/2,train.betas=[0.9, 0.95],train.lr=2e-4")["arms"]["b"]
+    assert betas == ["model.name=SiT-S/2", "train.betas=[0.9, 0.95]", "train.lr=2e-4"]  # a value's commas stay
+    assert run_config({**settings, "arms": {"b": betas}, "models": ["b"]}, "b", 0, tmp_path).train.betas == (0.9, 0.95)
 
 
 def test_the_default_models_compare_the_plain_block_with_the_visionllama_block():

@@ -21,6 +21,7 @@ table computed for the new grid. Scores: OUT/runs/<model>/seed-<s>/resolution_sc
 table in results.md and OUT/resolutions.png.
 """
 import json
+import re
 import tempfile
 import time
 from contextlib import contextmanager
@@ -76,7 +77,8 @@ def default_models(objective):
 def parse_arm(text):
     """'LABEL=KEY=VALUE,KEY=VALUE' -> (LABEL, ['KEY=VALUE', ...]), or a ValueError naming the problem."""
     label, _, overrides = text.partition("=")
-    items = [item.strip() for item in overrides.split(",") if item.strip()]
+    # A comma starts a new item only before KEY=: values may hold commas, e.g. train.betas=[0.9,0.95].
+    items = [item.strip() for item in re.split(r",(?=\s*[\w.]+=)", overrides) if item.strip()]
     if not label.strip() or not items or not all("=" in item for item in items):
         raise ValueError(f"--arm {text!r}: expected LABEL=KEY=VALUE[,KEY=VALUE...], e.g. "
                          "'SiT-LLaMA+REPA=model.name=SiT-LLaMA-S/2,repa.encoder=runs/classifier'")

@@ -26,9 +26,23 @@ def check_steps(num_inference_steps):
 
 
 class DDPMSampler(SchedulerMixin, ConfigMixin):
-    """Ancestral DDPM ("ddpm", DiT's sampler, with the model's learned-range variance) or DDIM
-    ("ddim", eta = 0 deterministic) over num_inference_steps respaced steps (250 in DiT's
-    evaluation). clip_denoised: clip the predicted x0 to [-1, 1] (DiT: no)."""
+    """vlgen's DDPM samplers as a pipeline scheduler: ancestral DDPM or DDIM over respaced steps.
+
+    Args:
+        sampler: "ddpm" (ancestral, DiT's sampler, with the model's learned-range variance) or
+            "ddim".
+        num_inference_steps: respaced steps (250 in DiT's evaluation).
+        eta: DDIM's noise (0: deterministic, 1: DDPM's posterior variance).
+        clip_denoised: clip the predicted x0 to [-1, 1] (DiT: no).
+        num_train_timesteps: diffusers' key of the model's process, written by the pipeline.
+        trained_betas: diffusers' key of the model's process, written by the pipeline.
+        prediction_type: diffusers' key of the model's process, written by the pipeline.
+        variance_type: diffusers' key of the model's process, written by the pipeline.
+        timestep_spacing: diffusers' key, so that diffusers' schedulers built from this config fit.
+        clip_sample: diffusers' key, so that diffusers' schedulers built from this config fit.
+        set_alpha_to_one: diffusers' key, so that diffusers' schedulers built from this config fit.
+        steps_offset: diffusers' key, so that diffusers' schedulers built from this config fit.
+    """
 
     config_name = SCHEDULER_CONFIG_NAME
     order = 1
@@ -46,12 +60,24 @@ class DDPMSampler(SchedulerMixin, ConfigMixin):
 
 
 class FlowSampler(SchedulerMixin, ConfigMixin):
-    """The probability-flow ODE ("ode", SiT's default: adaptive dopri5 with atol 1e-6 / rtol 1e-3,
-    or a fixed-step torchdiffeq method such as "euler" / "heun" over num_inference_steps steps) or
-    the reverse SDE ("sde": method "euler" / "heun", diffusion_form, diffusion_norm, last_step,
-    last_step_size; see vlgen.sampling.sample_sde). shift > 1 crowds the steps of a fixed-step
-    method at the noise end (SD3's time shift, vlgen.sampling.flow.time_grid; LightningDiT's
-    timestep_shift s is shift 1 / s, its 0.3 about 3.33)."""
+    """vlgen's flow samplers as a pipeline scheduler: the probability-flow ODE or the reverse SDE.
+
+    Args:
+        sampler: "ode" (SiT's default) or "sde" (see vlgen.sampling.sample_sde).
+        num_inference_steps: steps of a fixed-step method (the adaptive ODE ignores it).
+        method: the ODE's torchdiffeq method ("dopri5" by default, adaptive; or a fixed-step one
+            such as "euler", "heun") or the SDE's ("euler" by default, or "heun").
+        atol: absolute tolerance of the adaptive ODE.
+        rtol: relative tolerance of the adaptive ODE.
+        diffusion_form: the SDE's w_t (DIFFUSION_FORMS).
+        diffusion_norm: the scale of the SDE's w_t.
+        last_step: the SDE's last, noiseless step: "mean", "tweedie", "euler" or None.
+        last_step_size: the size of that step.
+        num_train_timesteps: diffusers' key, so that diffusers' schedulers built from this config fit.
+        shift: > 1 crowds the steps of a fixed-step method at the noise end (SD3's time shift,
+            vlgen.sampling.flow.time_grid; LightningDiT's timestep_shift s is shift 1 / s, its 0.3
+            about 3.33).
+    """
 
     config_name = SCHEDULER_CONFIG_NAME
     order = 1

@@ -54,7 +54,18 @@ class GaussianDiffusion:
     """The DDPM training objective and the posterior its samplers step through.
 
     Implements the objective interface of vlgen.objectives (kind, default_sampler, sample_times,
-    training_losses), as Transport does."""
+    training_losses), as Transport does. `create_diffusion` builds one as DiT does.
+
+    Args:
+        betas: the noise schedule, a 1-D array in (0, 1].
+        prediction: what the model predicts: "eps", "x0" or "v".
+        variance: "learned_range" (the model predicts it), "fixed_small" (the posterior variance)
+            or "fixed_large" (beta_t).
+        timestep_map: the original step of each respaced step (the model sees those).
+        time_sampling: how training steps are drawn: "uniform" or "logit-normal".
+        logit_mean: mean of the logit-normal times.
+        logit_std: standard deviation of the logit-normal times.
+    """
 
     kind = "ddpm"
     default_sampler = "dpm-solver++"  # 20 steps: as good as 250 ancestral ones or better (README, Which sampler)

@@ -148,8 +148,10 @@ class Run:
     def train_step(self, batch):
         """One optimisation step on this process's slice, in train.gradient_accumulation_steps
         micro-batches (DDP all-reduces the gradients once, after the last); returns the step's
-        losses on the device: loss (the objective's, plus REPA's when on) and repa_loss. Every random draw is made for the whole global batch from (seed, step) and sliced, so
-        a step is the same for any number of processes and micro-batches, up to float rounding."""
+        losses on the device: loss (the objective's, plus REPA's when on) and, with REPA,
+        repa_loss. Every random draw is made for the whole global batch from (seed, step) and
+        sliced, so a step is the same for any number of processes and micro-batches, up to float
+        rounding."""
         cfg, acc = self.config, self.accelerator
         device, n_global = acc.device, cfg.train.global_batch_size
         generator = step_generator(cfg.train.seed, self.step, device)
